@@ -83,6 +83,13 @@ impl Bundle {
     }
 }
 
+/// Annotations naming a container's group, in order of precedence (as the Go runc shim reads
+/// them): an explicit group, else the CRI sandbox.
+pub const GROUP_ANNOTATIONS: &[&str] = &[
+    "io.containerd.runc.v2.group",
+    "io.kubernetes.cri.sandbox-id",
+];
+
 /// The parts of the OCI runtime spec the shim framework itself needs; runtimes read the rest.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -135,6 +142,15 @@ impl Spec {
                 .iter()
                 .any(|n| n.kind == "pid" && n.path.as_deref().unwrap_or("").is_empty())
         })
+    }
+
+    /// The pod a container belongs to: containers with the same group share one shim.
+    pub fn group(&self) -> Option<&str> {
+        GROUP_ANNOTATIONS
+            .iter()
+            .find_map(|k| self.annotations.get(*k))
+            .map(String::as_str)
+            .filter(|g| !g.is_empty())
     }
 
     pub fn cgroups_path(&self) -> Option<&str> {

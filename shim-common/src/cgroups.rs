@@ -330,3 +330,117 @@ mod tests {
         assert!(any.type_url.starts_with("io.containerd.cgroups.v"));
     }
 }
+
+/// Watches a container's memory cgroup for OOM kills.
+///
+/// The kernel signals an eventfd (v1: `cgroup.event_control` on `memory.oom_control`) or
+/// modifies `memory.events` (v2, seen with inotify); either only wakes us up. What is reported is
+/// the rise of the `oom_kill` counter, read again at every wake-up and once more before the
+/// init's exit is published, so an OOM is reported exactly once and always before the exit.
+pub struct OomWatcher {
+    counter_file: PathBuf,
+    seen: std::sync::atomic::AtomicU64,
+    /// Keeps the kernel registration alive (eventfd or inotify, plus the v1 control fd).
+    wake: tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>,
+    _control: Option<std::fs::File>,
+}
+
+fn oom_kills(file: &Path) -> Option<u64> {
+    read_kv(file.parent()?, file.file_name()?.to_str()?)
+        .get("oom_kill")
+        .copied()
+}
+
+impl OomWatcher {
+    pub fn new(init_pid: u32, cgroups_path: Option<&str>) -> Result<OomWatcher> {
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        let loc = Locator {
+            mode: mode(),
+            by_pid: (init_pid > 0).then(|| paths_of(init_pid)).flatten(),
+            fallback: cgroups_path.map(str::to_string),
+        };
+        let register = |fd: OwnedFd| {
+            // SAFETY: the AsyncFd owns the fd for its whole life.
+            unsafe { tokio::io::unix::AsyncFd::register(fd) }
+                .map_err(|e| Error::io("watching OOM", std::io::Error::other(e.to_string())))
+        };
+        match loc.mode {
+            Mode::Legacy => {
+                let dir = loc.dir("memory").ok_or_else(not_found)?;
+                let counter_file = dir.join("memory.oom_control");
+                let control = std::fs::File::open(&counter_file)
+                    .map_err(|e| Error::path("opening", &counter_file, e))?;
+                // SAFETY: plain syscall; the result is checked.
+                let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+                if efd < 0 {
+                    return Err(Error::io("eventfd", std::io::Error::last_os_error()));
+                }
+                // SAFETY: eventfd just returned this fd.
+                let efd = unsafe { OwnedFd::from_raw_fd(efd) };
+                let line = format!("{} {}", efd.as_raw_fd(), control.as_raw_fd());
+                fs::write(dir.join("cgroup.event_control"), line)
+                    .map_err(|e| Error::path("registering OOM eventfd in", &dir, e))?;
+                let seen = oom_kills(&counter_file).unwrap_or(0);
+                Ok(OomWatcher {
+                    counter_file,
+                    seen: seen.into(),
+                    wake: register(efd)?,
+                    _control: Some(control),
+                })
+            }
+            Mode::Unified => {
+                let dir = loc.dir("").ok_or_else(not_found)?;
+                let counter_file = dir.join("memory.events");
+                // SAFETY: plain syscalls; results are checked.
+                let ifd = unsafe { libc::inotify_init1(libc::IN_CLOEXEC | libc::IN_NONBLOCK) };
+                if ifd < 0 {
+                    return Err(Error::io("inotify", std::io::Error::last_os_error()));
+                }
+                // SAFETY: inotify_init1 just returned this fd.
+                let fd = unsafe { OwnedFd::from_raw_fd(ifd) };
+                let cpath = std::ffi::CString::new(counter_file.as_os_str().as_encoded_bytes())
+                    .map_err(|_| Error::InvalidArgument("cgroup path contains NUL".into()))?;
+                // SAFETY: valid fd and NUL-terminated path.
+                if unsafe {
+                    libc::inotify_add_watch(fd.as_raw_fd(), cpath.as_ptr(), libc::IN_MODIFY)
+                } < 0
+                {
+                    return Err(Error::path(
+                        "watching",
+                        &counter_file,
+                        std::io::Error::last_os_error(),
+                    ));
+                }
+                let seen = oom_kills(&counter_file).unwrap_or(0);
+                Ok(OomWatcher {
+                    counter_file,
+                    seen: seen.into(),
+                    wake: register(fd)?,
+                    _control: None,
+                })
+            }
+        }
+    }
+
+    /// Waits for the next wake-up; false once the cgroup is gone.
+    pub async fn wait(&self) -> bool {
+        use std::os::fd::AsRawFd;
+        let Ok(mut guard) = self.wake.readable().await else {
+            return false;
+        };
+        let mut buf = [0u8; 4096];
+        // SAFETY: draining the eventfd/inotify fd into our buffer.
+        unsafe { libc::read(self.wake.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        guard.clear_ready();
+        self.counter_file.exists()
+    }
+
+    /// How many OOM kills happened since the last call.
+    pub fn take_new_kills(&self) -> u64 {
+        use std::sync::atomic::Ordering;
+        let Some(now) = oom_kills(&self.counter_file) else {
+            return 0;
+        };
+        now.saturating_sub(self.seen.swap(now, Ordering::SeqCst))
+    }
+}

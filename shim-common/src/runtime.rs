@@ -114,6 +114,11 @@ pub trait Runtime: Send + Sync + Sized + 'static {
         crate::cgroups::metrics(init_pid, c.spec.cgroups_path())
     }
 
+    /// Where the container's OOM kills are seen: its host cgroup by default.
+    fn watch_oom(&self, c: &ContainerInfo, init_pid: u32) -> Result<crate::cgroups::OomWatcher> {
+        crate::cgroups::OomWatcher::new(init_pid, c.spec.cgroups_path())
+    }
+
     async fn checkpoint(&self, _c: &ContainerInfo, _path: &str, _options: &Any) -> Result<()> {
         Err(Error::Unimplemented("checkpoint is not supported".into()))
     }

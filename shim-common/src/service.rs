@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use protobuf::well_known_types::empty::Empty;
 use protobuf::{EnumOrUnknown, MessageField};
 use protos::events::{
-    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskPaused,
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskOOM, TaskPaused,
     TaskResumed, TaskStart,
 };
 use protos::shim::*;
@@ -24,6 +24,7 @@ use tokio::sync::{watch, Notify};
 use ttrpc::r#async::TtrpcContext;
 
 use crate::bundle::Bundle;
+use crate::cgroups::OomWatcher;
 use crate::error::{Error, Result};
 use crate::events::{timestamp, to_any, Publisher};
 use crate::id;
@@ -88,6 +89,16 @@ struct Container {
     execs: HashMap<String, Process>,
     /// The init's exit, held back until every exec has exited (containerd wants it last).
     deferred_init_exit: Option<Exit>,
+    oom: Option<Arc<OomWatcher>>,
+    oom_task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        if let Some(t) = &self.oom_task {
+            t.abort();
+        }
+    }
 }
 
 impl Container {
@@ -216,7 +227,16 @@ impl<R: Runtime> TaskService<R> {
         self.apply_exit(&mut c, &owner.1, exit);
     }
 
+    /// Publishes `/tasks/oom` if the container's cgroup saw new OOM kills.
+    fn report_oom(&self, c: &Container) {
+        if let Some(w) = &c.oom {
+            publish_new_ooms(&self.publisher, w, &c.info.id);
+        }
+    }
+
     fn apply_exit(&self, c: &mut Container, exec_id: &str, exit: Exit) {
+        // An OOM kill is reported before the exit it caused.
+        self.report_oom(c);
         if exec_id.is_empty() {
             if c.execs.values().any(Process::is_running) {
                 log::debug!(
@@ -347,8 +367,18 @@ impl<R: Runtime> TaskService<R> {
             init,
             execs: HashMap::new(),
             deferred_init_exit: None,
+            oom: None,
+            oom_task: None,
         }));
         let mut c = container.lock().await;
+        match self.runtime.watch_oom(&c.info, pid) {
+            Ok(w) => {
+                let w = Arc::new(w);
+                c.oom = Some(w.clone());
+                c.oom_task = Some(self.spawn_oom_watch(w, Arc::downgrade(&container)));
+            }
+            Err(e) => log::warn!("not watching OOM of {}: {e}", req.id),
+        }
         lock(&self.containers).insert(req.id.clone(), container.clone());
         let early_exit = self.claim_pid(pid, &req.id, "");
 
@@ -371,6 +401,21 @@ impl<R: Runtime> TaskService<R> {
         let mut resp = CreateTaskResponse::new();
         resp.pid = pid;
         Ok(resp)
+    }
+
+    fn spawn_oom_watch(
+        &self,
+        w: Arc<OomWatcher>,
+        container: std::sync::Weak<tokio::sync::Mutex<Container>>,
+    ) -> tokio::task::JoinHandle<()> {
+        let publisher = self.publisher.clone();
+        tokio::spawn(async move {
+            while w.wait().await {
+                let Some(c) = container.upgrade() else { break };
+                let c = c.lock().await;
+                publish_new_ooms(&publisher, &w, &c.info.id);
+            }
+        })
     }
 
     async fn do_start(&self, req: StartRequest) -> Result<StartResponse> {
@@ -681,6 +726,14 @@ impl<R: Runtime> TaskService<R> {
                 if exec_id.is_empty() { id } else { exec_id }
             ))),
         }
+    }
+}
+
+fn publish_new_ooms(publisher: &Publisher, w: &OomWatcher, id: &str) {
+    if w.take_new_kills() > 0 {
+        let mut ev = TaskOOM::new();
+        ev.container_id = id.to_string();
+        publisher.publish("/tasks/oom", &ev);
     }
 }
 

@@ -18,6 +18,7 @@ use protobuf::{Message, MessageField};
 use protos::introspection::{RuntimeInfo, RuntimeVersion};
 use protos::shim::DeleteResponse;
 
+use crate::bootstrap::Handshake;
 use crate::bundle::Bundle;
 use crate::cli::{Action, Args};
 use crate::error::{Error, Result};
@@ -89,18 +90,59 @@ fn high_fd(fd: RawFd) -> Result<OwnedFd> {
 fn start(args: &Args) -> Result<()> {
     check_identity(args)?;
     let bundle = bundle_of(args)?;
-    // containerd writes the runtime options here; the daemon gets them again with Create.
-    let mut options = Vec::new();
-    let _ = std::io::stdin().read_to_end(&mut options);
-
-    let path = socket::socket_path(&bundle, &args.address, &args.namespace, &args.id);
-    let address = socket::address(&path);
-    if socket::is_serving(&path) {
-        bundle.write_file("address", address.as_bytes())?;
-        print!("{address}");
-        return Ok(());
+    let mut stdin = Vec::new();
+    let _ = std::io::stdin().read_to_end(&mut stdin);
+    let handshake = Handshake::detect(
+        &stdin,
+        args,
+        std::env::var("MAX_SHIM_VERSION").ok().as_deref(),
+    );
+    // A malformed spec is Create's to report, with the right code; here it only means "no group".
+    let group = bundle
+        .spec()
+        .ok()
+        .and_then(|s| s.group().map(str::to_string));
+    if let Some(g) = &group {
+        id::validate("group", g)?;
     }
-    let listener = socket::bind(&path)?;
+    let path = socket::socket_path(
+        &bundle,
+        &args.address,
+        &args.namespace,
+        &args.id,
+        group.as_deref(),
+        handshake.socket_dir(),
+    );
+    let address = socket::address(&path);
+    // A group's shim is already running: this container joins it.
+    if let Some(pid) = socket::server_pid(&path) {
+        bundle.write_file("address", address.as_bytes())?;
+        bundle.write_file("shim.pid", pid.to_string().as_bytes())?;
+        return reply(&handshake, &address);
+    }
+    let pid = spawn_daemon(args, &bundle, &path, handshake.ttrpc_address())?;
+    bundle.write_file("address", address.as_bytes())?;
+    bundle.write_file("shim.pid", pid.to_string().as_bytes())?;
+    adjust_oom_score(pid);
+    reply(&handshake, &address)
+}
+
+fn reply(handshake: &Handshake, address: &str) -> Result<()> {
+    let mut out = std::io::stdout();
+    out.write_all(&handshake.reply(address))
+        .and_then(|_| out.flush())
+        .map_err(|e| Error::io("writing the start reply", e))
+}
+
+/// Binds the socket, re-executes this binary as the daemon (new session, no inherited stdio,
+/// the listener as fd 3 and a readiness pipe as fd 4) and waits until it serves.
+fn spawn_daemon(
+    args: &Args,
+    bundle: &Bundle,
+    path: &std::path::Path,
+    ttrpc_address: Option<&str>,
+) -> Result<u32> {
+    let listener = socket::bind(path)?;
     let listen = high_fd(listener.as_raw_fd())?;
     drop(listener);
     let (ready_r, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
@@ -124,6 +166,9 @@ fn start(args: &Args) -> Result<()> {
         cmd.arg("-debug");
     }
     cmd.args(["-socket", &path.to_string_lossy()]);
+    if let Some(addr) = ttrpc_address {
+        cmd.env("TTRPC_ADDRESS", addr);
+    }
     cmd.current_dir(bundle.path())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -151,14 +196,9 @@ fn start(args: &Args) -> Result<()> {
             nix::unistd::Pid::from_raw(pid as i32),
             nix::sys::signal::Signal::SIGKILL,
         );
-        let _ = std::fs::remove_file(&path);
+        let _ = std::fs::remove_file(path);
     })?;
-    bundle.write_file("address", address.as_bytes())?;
-    bundle.write_file("shim.pid", pid.to_string().as_bytes())?;
-    adjust_oom_score(pid);
-    print!("{address}");
-    let _ = std::io::stdout().flush();
-    Ok(())
+    Ok(pid)
 }
 
 fn wait_ready(ready: OwnedFd) -> Result<()> {
@@ -210,7 +250,18 @@ fn delete<R: Runtime>(args: &Args) -> Result<()> {
         }
     };
     mount::unmount_all(&bundle.rootfs())?;
-    let path = socket::socket_path(&bundle, &args.address, &args.namespace, &args.id);
+    let group = bundle
+        .spec()
+        .ok()
+        .and_then(|s| s.group().map(str::to_string));
+    let path = socket::socket_path(
+        &bundle,
+        &args.address,
+        &args.namespace,
+        &args.id,
+        group.as_deref(),
+        None,
+    );
     if !path.starts_with(bundle.path()) && !socket::is_serving(&path) {
         let _ = std::fs::remove_file(&path);
     }

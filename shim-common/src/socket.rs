@@ -17,22 +17,28 @@ use crate::error::{Error, Result};
 pub const MAX_PATH: usize = 106;
 pub const SOCKET_NAME: &str = "shim.sock";
 
+/// Where a container's shim listens. `group` is set for a container that shares its shim with
+/// others (a pod): that socket must outlive any one member's bundle, so it never lives in one.
+/// `socket_dir` is the directory containerd 2.3+ may ask for.
 pub fn socket_path(
     bundle: &Bundle,
     containerd_address: &str,
     namespace: &str,
     id: &str,
+    group: Option<&str>,
+    socket_dir: Option<&str>,
 ) -> PathBuf {
     let in_bundle = bundle.file(SOCKET_NAME);
-    if in_bundle.as_os_str().len() <= MAX_PATH {
+    if group.is_none() && in_bundle.as_os_str().len() <= MAX_PATH {
         return in_bundle;
     }
+    let key = group.unwrap_or(id);
     let hash = hex(&Sha256::digest(format!(
-        "{containerd_address}/{namespace}/{id}"
+        "{containerd_address}/{namespace}/{key}"
     )));
-    let dir = bundle
-        .containerd_state_dir()
-        .map(|s| s.join("s"))
+    let dir = socket_dir
+        .map(PathBuf::from)
+        .or_else(|| bundle.containerd_state_dir().map(|s| s.join("s")))
         .unwrap_or_else(|| PathBuf::from("/run/containerd/s"));
     dir.join(&hash[..32])
 }
@@ -52,6 +58,14 @@ pub fn path_of(address: &str) -> &str {
 /// True when a daemon answers on `path`.
 pub fn is_serving(path: &Path) -> bool {
     UnixStream::connect(path).is_ok()
+}
+
+/// The pid of the daemon serving `path` (from the connection's peer credentials).
+pub fn server_pid(path: &Path) -> Option<u32> {
+    let stream = UnixStream::connect(path).ok()?;
+    let cred =
+        nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials).ok()?;
+    u32::try_from(cred.pid()).ok()
 }
 
 /// Binds `path` with mode 0600, replacing a stale socket. Call from a single-threaded process:
@@ -93,16 +107,31 @@ mod tests {
     fn short_bundles_hold_their_socket() {
         let b = Bundle::new("/run/ctrd/io.containerd.runtime.v2.task/ns/c1");
         assert_eq!(
-            socket_path(&b, "/run/ctrd.sock", "ns", "c1"),
+            socket_path(&b, "/run/ctrd.sock", "ns", "c1", None, None),
             PathBuf::from("/run/ctrd/io.containerd.runtime.v2.task/ns/c1/shim.sock")
         );
         let long = format!(
             "/run/ctrd/io.containerd.runtime.v2.task/ns/{}",
             "x".repeat(76)
         );
-        let p = socket_path(&Bundle::new(&long), "/run/ctrd.sock", "ns", "c1");
+        let p = socket_path(
+            &Bundle::new(&long),
+            "/run/ctrd.sock",
+            "ns",
+            "c1",
+            None,
+            None,
+        );
         assert!(p.starts_with("/run/ctrd/s/"));
         assert!(p.as_os_str().len() <= MAX_PATH);
+        // Members of a group share one socket, outside every bundle.
+        let b2 = Bundle::new("/run/ctrd/io.containerd.runtime.v2.task/ns/c2");
+        let g1 = socket_path(&b, "/run/ctrd.sock", "ns", "c1", Some("pod"), None);
+        let g2 = socket_path(&b2, "/run/ctrd.sock", "ns", "c2", Some("pod"), None);
+        assert_eq!(g1, g2);
+        assert!(g1.starts_with("/run/ctrd/s/"));
+        let d = socket_path(&b, "/run/ctrd.sock", "ns", "c1", Some("pod"), Some("/x"));
+        assert!(d.starts_with("/x/"));
     }
 
     #[test]
