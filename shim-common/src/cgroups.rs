@@ -309,28 +309,6 @@ fn v2_metrics(loc: &Locator) -> Result<v2::Metrics> {
     Ok(m)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn proc_cgroup_lines() {
-        let m = parse_proc_cgroup(
-            "12:memory:/ns/c1\n4:cpu,cpuacct:/ns/c1\n1:name=systemd:/x\n0::/ns/c1\n",
-        );
-        assert_eq!(m["memory"], "/ns/c1");
-        assert_eq!(m["cpuacct"], "/ns/c1");
-        assert_eq!(m["systemd"], "/x");
-        assert_eq!(m[""], "/ns/c1");
-    }
-
-    #[test]
-    fn own_cgroup_reads() {
-        let any = metrics(std::process::id(), None).unwrap();
-        assert!(any.type_url.starts_with("io.containerd.cgroups.v"));
-    }
-}
-
 /// Watches a container's memory cgroup for OOM kills.
 ///
 /// The kernel signals an eventfd (v1: `cgroup.event_control` on `memory.oom_control`) or
@@ -442,5 +420,27 @@ impl OomWatcher {
             return 0;
         };
         now.saturating_sub(self.seen.swap(now, Ordering::SeqCst))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_cgroup_lines() {
+        let m = parse_proc_cgroup(
+            "12:memory:/ns/c1\n4:cpu,cpuacct:/ns/c1\n1:name=systemd:/x\n0::/ns/c1\n",
+        );
+        assert_eq!(m["memory"], "/ns/c1");
+        assert_eq!(m["cpuacct"], "/ns/c1");
+        assert_eq!(m["systemd"], "/x");
+        assert_eq!(m[""], "/ns/c1");
+    }
+
+    #[test]
+    fn own_cgroup_reads() {
+        let any = metrics(std::process::id(), None).unwrap();
+        assert!(any.type_url.starts_with("io.containerd.cgroups.v"));
     }
 }

@@ -5,6 +5,7 @@
 //! mounts, cgroup metrics and settings. A shim binary is a [`Runtime`] implementation plus
 //! `shim_common::run::<MyRuntime>(VERSION)`.
 
+pub mod binary_log;
 pub mod bootstrap;
 pub mod bundle;
 pub mod cgroups;

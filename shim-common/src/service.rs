@@ -23,6 +23,7 @@ use protos::task::{ProcessInfo, Status};
 use tokio::sync::{watch, Notify};
 use ttrpc::r#async::TtrpcContext;
 
+use crate::binary_log::LogIdentity;
 use crate::bundle::Bundle;
 use crate::cgroups::OomWatcher;
 use crate::error::{Error, Result};
@@ -188,6 +189,13 @@ impl<R: Runtime> TaskService<R> {
         &self.publisher
     }
 
+    fn log_identity(&self, id: &str) -> LogIdentity {
+        LogIdentity {
+            namespace: self.namespace.clone(),
+            container_id: id.to_string(),
+        }
+    }
+
     fn container(&self, id: &str) -> Result<Arc<tokio::sync::Mutex<Container>>> {
         lock(&self.containers)
             .get(id)
@@ -342,7 +350,7 @@ impl<R: Runtime> TaskService<R> {
         };
         mount::mount_rootfs(&info.rootfs, &bundle.rootfs())?;
         let created = async {
-            let (pio, mut session) = IoSession::open(&stdio)?;
+            let (pio, mut session) = IoSession::open(&stdio, &self.log_identity(&req.id)).await?;
             let spawned = self.runtime.create(&info, pio).await?;
             if let Some(console) = spawned.console {
                 session.attach_console(console)?;
@@ -462,7 +470,7 @@ impl<R: Runtime> TaskService<R> {
         }
         let stdio = p.stdio.clone();
         let spec = p.spec.clone();
-        let (pio, mut session) = IoSession::open(&stdio)?;
+        let (pio, mut session) = IoSession::open(&stdio, &self.log_identity(&req.id)).await?;
         let spawned = self.runtime.exec(&c.info, &req.exec_id, &spec, pio).await?;
         if let Some(console) = spawned.console {
             session.attach_console(console)?;

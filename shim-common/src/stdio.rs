@@ -9,7 +9,7 @@
 //! container output never passes through user space.
 
 use std::fs::OpenOptions;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::sync::Arc;
 
@@ -19,6 +19,7 @@ use tokio::io::Interest;
 use tokio::sync::{oneshot, Mutex};
 use tokio::task::JoinHandle;
 
+use crate::binary_log::{BinaryLogger, LogIdentity};
 use crate::error::{Error, Result};
 
 /// The stdio a process was created with, as containerd gave it (kept to answer State).
@@ -49,6 +50,8 @@ pub struct IoSession {
     pumps: Vec<JoinHandle<()>>,
     output_pumps: Vec<JoinHandle<()>>,
     console: Option<Arc<OwnedFd>>,
+    /// A `binary://` logger, stopped when the session ends.
+    _logger: Option<BinaryLogger>,
 }
 
 enum Destination {
@@ -81,7 +84,45 @@ fn destination(uri: &str) -> Result<Destination> {
 }
 
 type Source = AsyncFd<OwnedFd>;
-type Sink = AsyncFd<OwnedFd>;
+/// Where a pump writes: a fifo, pipe or pty (waited on through the reactor), or a regular
+/// file, which epoll refuses and which never blocks anyway.
+enum Sink {
+    Polled(AsyncFd<OwnedFd>),
+    File(OwnedFd),
+}
+
+impl AsRawFd for Sink {
+    fn as_raw_fd(&self) -> RawFd {
+        match self {
+            Sink::Polled(a) => a.as_raw_fd(),
+            Sink::File(f) => f.as_raw_fd(),
+        }
+    }
+}
+
+impl Sink {
+    fn new(fd: OwnedFd) -> Result<Sink> {
+        let is_file = nix::sys::stat::fstat(fd.as_raw_fd())
+            .map(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG)
+            .unwrap_or(false);
+        if is_file {
+            Ok(Sink::File(fd))
+        } else {
+            async_fd(fd).map(Sink::Polled)
+        }
+    }
+
+    /// Waits until the destination can take more (at once for a file).
+    async fn writable(&self) {
+        if let Sink::Polled(a) = self {
+            if let Ok(mut g) = a.ready(Interest::WRITABLE).await {
+                if !poll_now(a.as_raw_fd(), libc::POLLOUT) {
+                    g.clear_ready();
+                }
+            }
+        }
+    }
+}
 
 fn nonblocking(fd: &OwnedFd) -> Result<()> {
     let flags = nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFL)
@@ -144,7 +185,28 @@ fn open_output(dest: &Destination) -> Result<Option<OwnedFd>> {
 impl IoSession {
     /// Opens containerd's side and creates the process's side. Pumps start at once for pipes;
     /// for a terminal they start in [`IoSession::attach_console`].
-    pub fn open(stdio: &Stdio) -> Result<(ProcessIo, IoSession)> {
+    pub async fn open(stdio: &Stdio, who: &LogIdentity) -> Result<(ProcessIo, IoSession)> {
+        if stdio.stdout.starts_with("binary://") {
+            let (logger, out_w, err_w) = BinaryLogger::start(&stdio.stdout, who).await?;
+            let (mut io, mut session) = Self::open_paths(&Stdio {
+                stdout: String::new(),
+                stderr: String::new(),
+                ..stdio.clone()
+            })?;
+            session._logger = Some(logger);
+            if stdio.terminal {
+                session.stdout = Some(Sink::new(out_w)?);
+            } else {
+                io.stdout = out_w;
+                io.stderr = err_w;
+            }
+            return Ok((io, session));
+        }
+        Self::open_paths(stdio)
+    }
+
+    /// Fifos, files and null: everything that needs no helper process.
+    fn open_paths(stdio: &Stdio) -> Result<(ProcessIo, IoSession)> {
         let out_dest = destination(&stdio.stdout)?;
         let err_dest = destination(&stdio.stderr)?;
         let stdin_src = if stdio.stdin.is_empty() {
@@ -154,8 +216,8 @@ impl IoSession {
                 stdio.stdin.trim_start_matches("fifo://"),
             )?)?)
         };
-        let stdout_dst = open_output(&out_dest)?.map(async_fd).transpose()?;
-        let stderr_dst = open_output(&err_dest)?.map(async_fd).transpose()?;
+        let stdout_dst = open_output(&out_dest)?.map(Sink::new).transpose()?;
+        let stderr_dst = open_output(&err_dest)?.map(Sink::new).transpose()?;
         let mut session = IoSession {
             stdin: stdin_src,
             stdout: stdout_dst,
@@ -164,6 +226,7 @@ impl IoSession {
             pumps: Vec::new(),
             output_pumps: Vec::new(),
             console: None,
+            _logger: None,
         };
         if stdio.terminal {
             let io = ProcessIo {
@@ -178,7 +241,7 @@ impl IoSession {
             None => dev_null(false)?,
             Some(src) => {
                 let (r, w) = pipe()?;
-                session.start_stdin(src, async_fd(w)?);
+                session.start_stdin(src, Sink::new(w)?);
                 r
             }
         };
@@ -229,7 +292,7 @@ impl IoSession {
             let dup = master
                 .try_clone()
                 .map_err(|e| Error::io("duplicating pty master", e))?;
-            self.start_stdin(src, async_fd(dup)?);
+            self.start_stdin(src, Sink::new(dup)?);
         }
         let dup = master
             .try_clone()
@@ -386,11 +449,7 @@ async fn pump(src: Source, dst: Sink, finish: Option<oneshot::Receiver<()>>) {
         }
         if src_ready {
             // Data is waiting, so the destination is full: wait until it drains.
-            if let Ok(mut g) = dst.ready(Interest::WRITABLE).await {
-                if !poll_now(dst.as_raw_fd(), libc::POLLOUT) {
-                    g.clear_ready();
-                }
-            }
+            dst.writable().await;
             continue;
         }
         let readable = async {
@@ -430,7 +489,7 @@ fn copy_once(src: &Source, dst: &Sink, buf: &mut [u8]) -> Step {
         match e.raw_os_error() {
             Some(libc::EAGAIN) | Some(libc::EINTR) => {
                 let mut p = libc::pollfd {
-                    fd: dst.as_fd().as_raw_fd(),
+                    fd: dst.as_raw_fd(),
                     events: libc::POLLOUT,
                     revents: 0,
                 };
@@ -481,7 +540,9 @@ mod tests {
             stderr: String::new(),
             terminal: false,
         };
-        let (io, mut session) = IoSession::open(&stdio).unwrap();
+        let (io, mut session) = IoSession::open(&stdio, &LogIdentity::default())
+            .await
+            .unwrap();
         // containerd's side.
         let mut out_reader = std::fs::File::open(&stdio.stdout).unwrap();
         let mut in_writer = OpenOptions::new().write(true).open(&stdio.stdin).unwrap();
