@@ -12,7 +12,8 @@ use protobuf::Message;
 
 use crate::error::{Error, Result};
 
-pub use protos::runc_options::Options as RuncOptions;
+pub use protos::runc_options::{CheckpointOptions, Options as RuncOptions};
+pub use protos::type_urls::RUNC_CHECKPOINT_OPTIONS;
 
 pub const RUNC_OPTIONS: &str = "containerd.runc.v1.Options";
 pub const RUNTIME_OPTIONS: &str = "runtimeoptions.v1.Options";

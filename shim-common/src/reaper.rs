@@ -104,38 +104,61 @@ impl Reaper {
         }
     }
 
-    /// Spawns `cmd` and waits for it through the loop; stdout is captured when `capture` is set.
+    /// Spawns `cmd` and waits for it through the loop, capturing one of its outputs.
     /// Never use `Child::wait` in this daemon: the loop has already reaped the child.
-    pub async fn run(self: &Arc<Self>, cmd: &mut Command, capture: bool) -> Result<CommandOutput> {
+    pub async fn run(
+        self: &Arc<Self>,
+        cmd: &mut Command,
+        capture: Capture,
+    ) -> Result<CommandOutput> {
         let mut sub = self.subscribe();
-        if capture {
-            cmd.stdout(Stdio::piped());
+        match capture {
+            Capture::Stdout => {
+                cmd.stdout(Stdio::piped());
+            }
+            Capture::Stderr => {
+                cmd.stderr(Stdio::piped());
+            }
+            Capture::Nothing => {}
         }
         let program = cmd.get_program().to_string_lossy().into_owned();
         let mut child: Child = cmd
             .spawn()
             .map_err(|e| Error::io(format!("running {program}"), e))?;
         let pid = child.id();
-        let mut stdout = Vec::new();
-        if let Some(out) = child.stdout.take() {
-            let fd = std::os::fd::OwnedFd::from(out);
+        let pipe = match capture {
+            Capture::Stdout => child.stdout.take().map(std::os::fd::OwnedFd::from),
+            Capture::Stderr => child.stderr.take().map(std::os::fd::OwnedFd::from),
+            Capture::Nothing => None,
+        };
+        let mut output = Vec::new();
+        if let Some(fd) = pipe {
             let mut rx = tokio::net::unix::pipe::Receiver::from_owned_fd(fd)
                 .map_err(|e| Error::io("reading command output", e))?;
-            rx.read_to_end(&mut stdout)
+            rx.read_to_end(&mut output)
                 .await
                 .map_err(|e| Error::io(format!("reading output of {program}"), e))?;
         }
         let exit = sub.wait_for(pid).await;
         Ok(CommandOutput {
             status: exit.status,
-            stdout,
+            output,
         })
     }
 }
 
+/// Which output of a command [`Reaper::run`] keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Capture {
+    Nothing,
+    Stdout,
+    Stderr,
+}
+
 pub struct CommandOutput {
     pub status: u32,
-    pub stdout: Vec<u8>,
+    /// The captured stream.
+    pub output: Vec<u8>,
 }
 
 pub struct Subscription {
@@ -181,13 +204,19 @@ mod tests {
     async fn exits_reach_subscribers() {
         let reaper = Reaper::start().unwrap();
         let out = reaper
-            .run(Command::new("sh").args(["-c", "echo hi; exit 3"]), true)
+            .run(
+                Command::new("sh").args(["-c", "echo hi; exit 3"]),
+                Capture::Stdout,
+            )
             .await
             .unwrap();
         assert_eq!(out.status, 3);
-        assert_eq!(out.stdout, b"hi\n");
+        assert_eq!(out.output, b"hi\n");
         let out = reaper
-            .run(Command::new("sh").args(["-c", "kill -9 $$"]), false)
+            .run(
+                Command::new("sh").args(["-c", "kill -9 $$"]),
+                Capture::Nothing,
+            )
             .await
             .unwrap();
         assert_eq!(out.status, 137);

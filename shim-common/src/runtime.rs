@@ -67,11 +67,14 @@ pub trait Runtime: Send + Sync + Sized + 'static {
     /// Exits of the processes this runtime created, as `(pid, status)`.
     fn exits(&self) -> Subscription;
 
-    /// Creates the container's init process, stopped before the user's program runs.
+    /// Creates the container's init process, stopped before the user's program runs. When
+    /// `c.checkpoint` is set the process is restored at `start` instead: return pid 0 and keep
+    /// `io` for then.
     async fn create(&self, c: &ContainerInfo, io: ProcessIo) -> Result<Spawned>;
 
-    /// Lets the created init run its program.
-    async fn start(&self, c: &ContainerInfo) -> Result<()>;
+    /// Lets the created init run its program; returns the process when it only now came to be
+    /// (a restore from a checkpoint).
+    async fn start(&self, c: &ContainerInfo) -> Result<Option<Spawned>>;
 
     /// Runs an additional process (an OCI `Process`, as JSON) in the container.
     async fn exec(

@@ -388,7 +388,11 @@ impl<R: Runtime> TaskService<R> {
             Err(e) => log::warn!("not watching OOM of {}: {e}", req.id),
         }
         lock(&self.containers).insert(req.id.clone(), container.clone());
-        let early_exit = self.claim_pid(pid, &req.id, "");
+        let early_exit = if pid > 0 {
+            self.claim_pid(pid, &req.id, "")
+        } else {
+            None
+        };
 
         let mut ev = TaskCreate::new();
         ev.container_id = req.id.clone();
@@ -446,12 +450,22 @@ impl<R: Runtime> TaskService<R> {
                     )))
                 }
             }
-            self.runtime.start(&c.info).await?;
+            let mut early_exit = None;
+            if let Some(restored) = self.runtime.start(&c.info).await? {
+                c.init.pid = restored.pid;
+                if let (Some(console), Some(io)) = (restored.console, c.init.io.as_mut()) {
+                    io.attach_console(console)?;
+                }
+                early_exit = self.claim_pid(restored.pid, &req.id, "");
+            }
             c.init.status = ProcStatus::Running;
             let mut ev = TaskStart::new();
             ev.container_id = req.id.clone();
             ev.pid = c.init.pid;
             self.publisher.publish("/tasks/start", &ev);
+            if let Some(exit) = early_exit {
+                self.apply_exit(&mut c, "", exit);
+            }
             resp.pid = c.init.pid;
             return Ok(resp);
         }

@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use shim_common::reaper::{CommandOutput, Reaper};
+use shim_common::reaper::{Capture, CommandOutput, Reaper};
 use shim_common::{Error, Result};
 
 use crate::settings::OciSettings;
@@ -77,14 +77,21 @@ impl OciCli<'_> {
             }
         }
         let out = match reaper {
-            Some(r) => r.run(&mut cmd, capture).await,
+            Some(r) => {
+                let what = if capture {
+                    Capture::Stdout
+                } else {
+                    Capture::Nothing
+                };
+                r.run(&mut cmd, what).await
+            }
             None => run_plain(&mut cmd, capture),
         };
         // The call has ended: drop our copies of the process's stdio now (they moved into
         // `cmd`), so the process's output reaches EOF when the process exits.
         drop(cmd);
         let result = match out {
-            Ok(out) if out.status == 0 => Ok(out.stdout),
+            Ok(out) if out.status == 0 => Ok(out.output),
             Ok(out) => Err(failure(&self.settings.binary, args, out.status, &log)),
             Err(e) => Err(e),
         };
@@ -105,7 +112,7 @@ fn run_plain(cmd: &mut Command, capture: bool) -> Result<CommandOutput> {
     });
     Ok(CommandOutput {
         status,
-        stdout: out.stdout,
+        output: out.stdout,
     })
 }
 

@@ -7,8 +7,11 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use protobuf::well_known_types::any::Any;
+use protobuf::Message;
 use shim_common::bundle::Bundle;
-use shim_common::reaper::{Reaper, Subscription};
+use shim_common::options::{CheckpointOptions, RUNC_CHECKPOINT_OPTIONS};
+use shim_common::reaper::{Capture, Reaper, Subscription};
 use shim_common::stdio::ProcessIo;
 use shim_common::{ContainerInfo, Error, Result, Runtime, RuntimeContext, Spawned, Target};
 
@@ -19,9 +22,42 @@ use crate::settings::OciSettings;
 pub struct OciRuntime {
     reaper: Arc<Reaper>,
     settings: Mutex<HashMap<String, OciSettings>>,
+    /// The stdio of containers that are restored from a checkpoint at Start.
+    pending_restore: Mutex<HashMap<String, ProcessIo>>,
+    /// Whether CRIU works on this host (`criu check`), asked once.
+    criu: tokio::sync::OnceCell<std::result::Result<(), String>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl OciRuntime {
+    /// Checkpoint and restore need CRIU; where `criu check` fails the answer is a clear
+    /// FailedPrecondition with CRIU's own reason, not a half-written image.
+    async fn criu_works(&self) -> Result<()> {
+        let r = self
+            .criu
+            .get_or_init(|| async {
+                let mut cmd = std::process::Command::new("criu");
+                cmd.arg("check")
+                    .stdin(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::null());
+                // criu gives its verdict on stderr.
+                match self.reaper.run(&mut cmd, Capture::Stderr).await {
+                    Ok(out) if out.status == 0 => Ok(()),
+                    Ok(out) => Err(last_lines(&String::from_utf8_lossy(&out.output))),
+                    Err(e) => Err(e.to_string()),
+                }
+            })
+            .await;
+        r.clone().map_err(|why| {
+            Error::FailedPrecondition(format!(
+                "checkpoint/restore needs CRIU, and `criu check` fails on this host: {why}"
+            ))
+        })
+    }
+
     fn settings(&self, c: &ContainerInfo) -> Result<OciSettings> {
         if let Some(s) = self
             .settings
@@ -101,6 +137,8 @@ impl Runtime for OciRuntime {
         Ok(OciRuntime {
             reaper: ctx.reaper,
             settings: Mutex::new(HashMap::new()),
+            pending_restore: Mutex::new(HashMap::new()),
+            criu: tokio::sync::OnceCell::new(),
         })
     }
 
@@ -116,6 +154,14 @@ impl Runtime for OciRuntime {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(c.id.clone(), settings.clone());
+        if c.checkpoint.is_some() {
+            self.criu_works().await?;
+            lock(&self.pending_restore).insert(c.id.clone(), io);
+            return Ok(Spawned {
+                pid: 0,
+                console: None,
+            });
+        }
         let bundle = c.bundle.path().to_string_lossy().into_owned();
         let pidf = pid_file(c.bundle.path(), "init")
             .to_string_lossy()
@@ -143,8 +189,91 @@ impl Runtime for OciRuntime {
         r
     }
 
-    async fn start(&self, c: &ContainerInfo) -> Result<()> {
-        self.call(c, &["start", &c.id], None, false).await.map(drop)
+    async fn start(&self, c: &ContainerInfo) -> Result<Option<Spawned>> {
+        let Some(io) = lock(&self.pending_restore).remove(&c.id) else {
+            return self
+                .call(c, &["start", &c.id], None, false)
+                .await
+                .map(|_| None);
+        };
+        let image = c
+            .checkpoint
+            .as_ref()
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let args: Vec<String> = vec![
+            "restore".into(),
+            "--detach".into(),
+            "--image-path".into(),
+            image,
+            "--work-path".into(),
+            c.bundle.file("criu-work").to_string_lossy().into_owned(),
+            "--bundle".into(),
+            c.bundle.path().to_string_lossy().into_owned(),
+            "--pid-file".into(),
+            pid_file(c.bundle.path(), "init")
+                .to_string_lossy()
+                .into_owned(),
+            c.id.clone(),
+        ];
+        self.spawn(c, args, "init", io).await.map(Some)
+    }
+
+    async fn checkpoint(&self, c: &ContainerInfo, path: &str, options: &Any) -> Result<()> {
+        self.criu_works().await?;
+        let opts = if options.type_url.ends_with(RUNC_CHECKPOINT_OPTIONS) {
+            CheckpointOptions::parse_from_bytes(&options.value)
+                .map_err(|e| Error::InvalidArgument(format!("bad checkpoint options: {e}")))?
+        } else {
+            CheckpointOptions::new()
+        };
+        let image = if opts.image_path.is_empty() {
+            path.to_string()
+        } else {
+            opts.image_path.clone()
+        };
+        if image.is_empty() {
+            return Err(Error::InvalidArgument(
+                "checkpoint needs an image path".into(),
+            ));
+        }
+        let work = if opts.work_path.is_empty() {
+            c.bundle.file("criu-work").to_string_lossy().into_owned()
+        } else {
+            opts.work_path.clone()
+        };
+        let mut args: Vec<String> = vec![
+            "checkpoint".into(),
+            "--image-path".into(),
+            image,
+            "--work-path".into(),
+            work,
+        ];
+        if !opts.exit {
+            args.push("--leave-running".into());
+        }
+        for (set, flag) in [
+            (opts.open_tcp, "--tcp-established"),
+            (opts.external_unix_sockets, "--ext-unix-sk"),
+            (opts.terminal, "--shell-job"),
+            (opts.file_locks, "--file-locks"),
+        ] {
+            if set {
+                args.push(flag.into());
+            }
+        }
+        for ns in &opts.empty_namespaces {
+            args.extend(["--empty-ns".into(), ns.clone()]);
+        }
+        if !opts.cgroups_mode.is_empty() {
+            args.extend(["--manage-cgroups-mode".into(), opts.cgroups_mode.clone()]);
+        }
+        if !opts.parent_path.is_empty() {
+            args.extend(["--parent-path".into(), opts.parent_path.clone()]);
+        }
+        args.push(c.id.clone());
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.call(c, &argv, None, false).await.map(drop)
     }
 
     async fn exec(
@@ -277,6 +406,11 @@ impl Runtime for OciRuntime {
             .ok()?;
         out.status.success().then_some(out.stdout)
     }
+}
+
+fn last_lines(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(2)..].join("; ")
 }
 
 /// The runtime's state for `id` (when its root is ours, in the bundle) and our bookkeeping.
