@@ -6,7 +6,7 @@
 //! the order containerd sees (create, start, exec-added, exec-started, exit, delete) is the
 //! order things happened, without a global lock across containers.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -140,6 +140,9 @@ pub struct TaskService<R: Runtime> {
     publisher: Publisher,
     namespace: String,
     containers: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Container>>>>,
+    /// Ids whose Create is in flight: a second Create of one must not run (its failure path
+    /// would force-delete the first one's container and unmount its rootfs).
+    creating: Mutex<HashSet<String>>,
     pids: Mutex<PidIndex>,
     shutdown: Arc<Notify>,
     settings_file: PathBuf,
@@ -165,6 +168,7 @@ impl<R: Runtime> TaskService<R> {
             publisher,
             namespace,
             containers: Mutex::new(HashMap::new()),
+            creating: Mutex::new(HashSet::new()),
             pids: Mutex::new(PidIndex::default()),
             shutdown: Arc::new(Notify::new()),
             settings_file: default_settings_file(R::NAME),
@@ -299,12 +303,20 @@ impl<R: Runtime> TaskService<R> {
 
     async fn do_create(&self, req: CreateTaskRequest) -> Result<CreateTaskResponse> {
         id::validate("container id", &req.id)?;
-        if lock(&self.containers).contains_key(&req.id) {
-            return Err(Error::AlreadyExists(format!(
-                "container {:?} already exists",
-                req.id
-            )));
-        }
+        let _creating = {
+            let mut creating = lock(&self.creating);
+            if creating.contains(&req.id) || lock(&self.containers).contains_key(&req.id) {
+                return Err(Error::AlreadyExists(format!(
+                    "container {:?} already exists",
+                    req.id
+                )));
+            }
+            creating.insert(req.id.clone());
+            CreateGuard {
+                set: &self.creating,
+                id: req.id.clone(),
+            }
+        };
         if req.bundle.is_empty() {
             return Err(Error::InvalidArgument("bundle path is required".into()));
         }
@@ -759,6 +771,18 @@ fn publish_new_ooms(publisher: &Publisher, w: &OomWatcher, id: &str) {
     }
 }
 
+/// Releases a Create's claim on its id, however the Create ends.
+struct CreateGuard<'a> {
+    set: &'a Mutex<HashSet<String>>,
+    id: String,
+}
+
+impl Drop for CreateGuard<'_> {
+    fn drop(&mut self) {
+        lock(self.set).remove(&self.id);
+    }
+}
+
 fn fill_delete(resp: &mut DeleteResponse, p: &Process) {
     resp.pid = p.pid;
     if let Some((status, at)) = p.exit {
@@ -909,7 +933,7 @@ impl<R: Runtime> protos::shim_ttrpc::Task for TaskService<R> {
     }
 
     async fn shutdown(&self, _: &TtrpcContext, _req: ShutdownRequest) -> ttrpc::Result<Empty> {
-        if lock(&self.containers).is_empty() {
+        if lock(&self.containers).is_empty() && lock(&self.creating).is_empty() {
             self.shutdown.notify_one();
         } else {
             log::debug!("shutdown ignored: containers remain");

@@ -328,6 +328,16 @@ fn inherited_fd(name: &str) -> Result<OwnedFd> {
 fn serve<R: Runtime>(args: &Args) -> Result<()> {
     check_identity(args)?;
     let listen = inherited_fd(LISTEN_FD_ENV)?;
+    // SO_PEERCRED names whoever last called listen(2) on the socket: `start`, which has exited.
+    // Listening again here makes it name the daemon (`start` of a grouped container reads it
+    // to write shim.pid).
+    // SAFETY: listen(2) on a socket we own.
+    if unsafe { libc::listen(listen.as_raw_fd(), libc::SOMAXCONN) } != 0 {
+        return Err(Error::io(
+            "listening on the inherited socket",
+            std::io::Error::last_os_error(),
+        ));
+    }
     let ready = inherited_fd(READY_FD_ENV)?;
     // Still single-threaded: the environment may change safely, and children must not see these.
     std::env::remove_var(LISTEN_FD_ENV);

@@ -311,10 +311,9 @@ impl IoSession {
     }
 
     pub fn resize(&self, width: u32, height: u32) -> Result<()> {
+        // Like the Go shim: resizing a process without a terminal is a no-op.
         let Some(master) = &self.console else {
-            return Err(Error::FailedPrecondition(
-                "process has no terminal to resize".into(),
-            ));
+            return Ok(());
         };
         let ws = libc::winsize {
             ws_row: height.min(u16::MAX as u32) as u16,

@@ -122,7 +122,9 @@ fn failure(binary: &str, args: &[&str], status: u32, log: &Path) -> Error {
     let msg = last_error(&text).unwrap_or_else(|| format!("exit status {status}"));
     let op = args.first().copied().unwrap_or("");
     let lower = msg.to_lowercase();
-    if lower.contains("does not exist") || lower.contains("not found") && op != "create" {
+    // "executable file not found" from create or exec is the program, not the container.
+    let starts_program = matches!(op, "create" | "exec");
+    if lower.contains("does not exist") || lower.contains("not found") && !starts_program {
         return Error::NotFound(format!("{binary} {op}: {msg}"));
     }
     if lower.contains("not running") || lower.contains("is stopped") {
@@ -200,6 +202,10 @@ mod tests {
         std::fs::write(&p, r#"{"level":"error","msg":"exec: \"nope\": not found"}"#).unwrap();
         assert!(matches!(
             failure("runc", &["create"], 1, &p),
+            Error::Runtime(_)
+        ));
+        assert!(matches!(
+            failure("runc", &["exec"], 1, &p),
             Error::Runtime(_)
         ));
     }

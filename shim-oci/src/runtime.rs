@@ -283,7 +283,10 @@ impl Runtime for OciRuntime {
         process: &[u8],
         io: ProcessIo,
     ) -> Result<Spawned> {
-        let spec_path = c.bundle.file(&format!("{exec_id}.process.json"));
+        // Exec ids are the user's: prefixed, they never name the init's (or the shim's) files,
+        // e.g. exec id "init" would otherwise overwrite, then remove, init.pid.
+        let tag = format!("exec-{exec_id}");
+        let spec_path = c.bundle.file(&format!("{tag}.process.json"));
         std::fs::write(&spec_path, process)
             .map_err(|e| Error::path("writing exec spec", &spec_path, e))?;
         let args: Vec<String> = vec![
@@ -291,15 +294,15 @@ impl Runtime for OciRuntime {
             "--process".into(),
             spec_path.to_string_lossy().into_owned(),
             "--pid-file".into(),
-            pid_file(c.bundle.path(), exec_id)
+            pid_file(c.bundle.path(), &tag)
                 .to_string_lossy()
                 .into_owned(),
             "--detach".into(),
             c.id.clone(),
         ];
-        let r = self.spawn(c, args, exec_id, io).await;
+        let r = self.spawn(c, args, &tag, io).await;
         let _ = std::fs::remove_file(&spec_path);
-        let _ = std::fs::remove_file(pid_file(c.bundle.path(), exec_id));
+        let _ = std::fs::remove_file(pid_file(c.bundle.path(), &tag));
         r
     }
 
