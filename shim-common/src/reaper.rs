@@ -104,6 +104,16 @@ impl Reaper {
         }
     }
 
+    /// Spawns `cmd`, already subscribed to its exit.
+    pub fn spawn(self: &Arc<Self>, cmd: &mut Command) -> Result<Spawned> {
+        let sub = self.subscribe();
+        let program = cmd.get_program().to_string_lossy().into_owned();
+        let child = cmd
+            .spawn()
+            .map_err(|e| Error::io(format!("running {program}"), e))?;
+        Ok(Spawned { child, sub })
+    }
+
     /// Spawns `cmd` and waits for it through the loop, capturing one of its outputs.
     /// Never use `Child::wait` in this daemon: the loop has already reaped the child.
     pub async fn run(
@@ -111,7 +121,6 @@ impl Reaper {
         cmd: &mut Command,
         capture: Capture,
     ) -> Result<CommandOutput> {
-        let mut sub = self.subscribe();
         match capture {
             Capture::Stdout => {
                 cmd.stdout(Stdio::piped());
@@ -122,13 +131,10 @@ impl Reaper {
             Capture::Nothing => {}
         }
         let program = cmd.get_program().to_string_lossy().into_owned();
-        let mut child: Child = cmd
-            .spawn()
-            .map_err(|e| Error::io(format!("running {program}"), e))?;
-        let pid = child.id();
+        let mut spawned = self.spawn(cmd)?;
         let pipe = match capture {
-            Capture::Stdout => child.stdout.take().map(std::os::fd::OwnedFd::from),
-            Capture::Stderr => child.stderr.take().map(std::os::fd::OwnedFd::from),
+            Capture::Stdout => spawned.child.stdout.take().map(std::os::fd::OwnedFd::from),
+            Capture::Stderr => spawned.child.stderr.take().map(std::os::fd::OwnedFd::from),
             Capture::Nothing => None,
         };
         let mut output = Vec::new();
@@ -139,7 +145,7 @@ impl Reaper {
                 .await
                 .map_err(|e| Error::io(format!("reading output of {program}"), e))?;
         }
-        let exit = sub.wait_for(pid).await;
+        let exit = spawned.wait().await;
         Ok(CommandOutput {
             status: exit.status,
             output,
@@ -153,6 +159,19 @@ pub enum Capture {
     Nothing,
     Stdout,
     Stderr,
+}
+
+/// A child spawned through the reaper; its exit is waited for with [`Spawned::wait`].
+pub struct Spawned {
+    pub child: Child,
+    sub: Subscription,
+}
+
+impl Spawned {
+    pub async fn wait(mut self) -> Exit {
+        let pid = self.child.id();
+        self.sub.wait_for(pid).await
+    }
 }
 
 pub struct CommandOutput {
