@@ -336,14 +336,18 @@ impl Runtime for OciRuntime {
         let r = self
             .call(c, &["delete", "--force", &c.id], None, false)
             .await;
-        let settings = self.settings(c)?;
-        self.settings
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&c.id);
-        remove_leftovers(&c.bundle, &settings, &c.id);
         match r {
-            Ok(_) | Err(Error::NotFound(_)) => Ok(()),
+            Ok(_) | Err(Error::NotFound(_)) => {
+                let settings = self.settings(c)?;
+                lock(&self.settings).remove(&c.id);
+                remove_leftovers(&c.bundle, &settings, &c.id);
+                // The container is gone: without the persisted settings, the `shim delete`
+                // containerd runs after every removal skips its own `<runtime> delete --force`,
+                // one runtime process less on the path of every `ctr run --rm`/`task delete`.
+                OciSettings::forget(&c.bundle);
+                Ok(())
+            }
+            // Keep the runtime's state, so a retried Delete or `shim delete` can try again.
             Err(e) => Err(e),
         }
     }

@@ -97,6 +97,12 @@ impl OciSettings {
     pub fn load(bundle: &Bundle) -> Option<OciSettings> {
         serde_json::from_slice(&bundle.read_file(PERSISTED)?).ok()
     }
+
+    /// Removes the persisted settings once the runtime has deleted the container: `shim
+    /// delete` then has no runtime state left to clean and does not run the runtime.
+    pub fn forget(bundle: &Bundle) {
+        bundle.remove_file(PERSISTED);
+    }
 }
 
 #[cfg(test)]
