@@ -13,6 +13,7 @@ use ttrpc_codegen::{Codegen, Customize, ProtobufCustomize};
 /// and resolve against `proto/`; well-known types come from the `protobuf`
 /// runtime (`protobuf::well_known_types`).
 const PROTOS: &[&str] = &[
+    "agent",
     "bootstrap",
     "events",
     "forward",

@@ -4,7 +4,7 @@ set -euo pipefail
 
 need=()
 for pair in containerd:containerd ctr:containerd runc:runc crun:crun busybox:busybox-static \
-            script:bsdutils unshare:util-linux; do
+            script:bsdutils unshare:util-linux qemu-system-x86_64:qemu-system-x86; do
   cmd=${pair%%:*} pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
 done

@@ -102,6 +102,21 @@ generated_module!(
     bootstrap
 );
 
+generated_module!(
+    /// The VM shim's guest agent protocol (`shimvm.agent.v1`), our own.
+    agent
+);
+generated_module!(
+    /// Guest agent service: `Agent`, `AgentClient`, `create_agent`.
+    agent_ttrpc
+);
+
+/// ttrpc service name of the VM shim's guest agent.
+pub const AGENT_SERVICE: &str = "shimvm.agent.v1.Agent";
+/// Version of `proto/agent.proto`, answered by `Agent.Health`; bumped on every incompatible
+/// change so a host never drives a guest image built from another protocol.
+pub const AGENT_PROTOCOL_VERSION: u32 = 1;
+
 /// ttrpc service name of the task API v2.
 pub const TASK_V2_SERVICE: &str = "containerd.task.v2.Task";
 /// ttrpc service name of the task API v3.
@@ -254,6 +269,42 @@ mod tests {
         assert_eq!(both.len(), 2);
         assert_eq!(method_names(&both, TASK_V2_SERVICE), expected);
         assert_eq!(method_names(&both, TASK_V3_SERVICE), expected);
+    }
+
+    struct NoAgent;
+
+    impl agent_ttrpc::Agent for NoAgent {}
+
+    #[test]
+    fn agent_service_methods() {
+        let services = agent_ttrpc::create_agent(Arc::new(NoAgent));
+        assert_eq!(services.keys().collect::<Vec<_>>(), vec![AGENT_SERVICE]);
+        let expected: BTreeSet<String> = [
+            "Health",
+            "Shutdown",
+            "CreateContainer",
+            "StartContainer",
+            "ExecProcess",
+            "SignalProcess",
+            "WaitProcess",
+            "RemoveContainer",
+            "WriteStdin",
+            "ReadStdout",
+            "ReadStderr",
+            "CloseStdin",
+            "ResizeTty",
+            "StatsContainer",
+            "PauseContainer",
+            "ResumeContainer",
+            "UpdateContainer",
+            "ListProcesses",
+            "GetOOMEvent",
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect();
+        assert_eq!(method_names(&services, AGENT_SERVICE), expected);
+        assert_eq!(agent::file_descriptor().package(), "shimvm.agent.v1");
     }
 
     #[test]

@@ -1,0 +1,111 @@
+//! The host's connection to the guest agent: QEMU's chardev socket, the resynchronising
+//! handshake ([`vm_channel`]), then a plain ttrpc client.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use protos::agent_ttrpc::AgentClient;
+use protos::ttrpc;
+use tokio::net::UnixStream;
+
+use crate::{Error, Result};
+
+/// A connected agent.
+#[derive(Clone)]
+pub struct Agent {
+    pub client: AgentClient,
+}
+
+/// The longest unix socket path connect() takes, less the NUL.
+const SUN_PATH_MAX: usize = 107;
+
+async fn connect_socket(path: &Path) -> std::io::Result<UnixStream> {
+    if path.as_os_str().len() <= SUN_PATH_MAX {
+        return UnixStream::connect(path).await;
+    }
+    // Too long for sockaddr_un: go through an open descriptor of its directory, whose
+    // /proc/self/fd path is short (no chdir, which would race other threads).
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().unwrap_or_default();
+    let d = std::fs::File::open(dir)?;
+    use std::os::fd::AsRawFd;
+    let short = Path::new("/proc/self/fd")
+        .join(d.as_raw_fd().to_string())
+        .join(name);
+    let r = UnixStream::connect(&short).await;
+    drop(d);
+    r
+}
+
+impl Agent {
+    /// Connects to the agent behind QEMU's socket at `path`, retrying until `deadline`: the
+    /// socket appears some milliseconds after QEMU starts, and the agent answers the handshake
+    /// only once the guest booted (a greeting sent early waits in the channel).
+    pub async fn connect(path: &Path, deadline: Instant) -> Result<Agent> {
+        let mut last = String::from("never tried");
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(Error::Agent(format!(
+                    "no agent at {} before the deadline: {last}",
+                    path.display()
+                )));
+            }
+            match connect_socket(path).await {
+                Ok(stream) => {
+                    let nonce = vm_channel::fresh_nonce();
+                    match tokio::time::timeout(
+                        deadline - now,
+                        vm_channel::host_handshake(stream, nonce),
+                    )
+                    .await
+                    {
+                        Ok(Ok(stream)) => {
+                            let socket = ttrpc::asynchronous::transport::Socket::new(stream);
+                            let client = ttrpc::r#async::Client::new(socket);
+                            return Ok(Agent {
+                                client: AgentClient::new(client),
+                            });
+                        }
+                        Ok(Err(e)) => last = format!("handshake: {e}"),
+                        Err(_) => last = "handshake timed out".into(),
+                    }
+                }
+                Err(e) => last = format!("connecting: {e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// A ttrpc context with a timeout.
+    pub fn ctx(timeout: Duration) -> ttrpc::context::Context {
+        ttrpc::context::with_timeout(timeout.as_nanos() as i64)
+    }
+
+    pub async fn health(&self, timeout: Duration) -> Result<protos::agent::HealthResponse> {
+        let mut req = protos::agent::HealthRequest::new();
+        req.host_version = env!("CARGO_PKG_VERSION").to_string();
+        self.client
+            .health(Self::ctx(timeout), &req)
+            .await
+            .map_err(|e| Error::Agent(format!("Health: {e}")))
+    }
+
+    /// Asks the guest to power off. The reply can be lost when the VM goes down first, so a
+    /// broken connection counts as success; the caller waits for QEMU to exit.
+    pub async fn shutdown(&self, timeout: Duration) -> Result<()> {
+        match self
+            .client
+            .shutdown(Self::ctx(timeout), &protos::agent::ShutdownRequest::new())
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(ttrpc::Error::RpcStatus(s)) => Err(Error::Agent(format!(
+                "Shutdown: {:?}: {}",
+                s.code(),
+                s.message()
+            ))),
+            Err(_) => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,128 @@
+//! `vm-agent`: PID 1 of the VM shim's micro-VM.
+//!
+//! As PID 1 (`/init` of the initramfs) it mounts the pseudo filesystems, loads the kernel
+//! modules the image builder listed, finds its virtio-serial port by name and serves the
+//! `shimvm.agent.v1.Agent` ttrpc service on it, re-opening the conversation each time the host
+//! reconnects. Containers are created with the `container` library, exactly as the process shim
+//! does on a host: this binary re-executes itself in setup mode for each one.
+//!
+//! Outside a VM (for tests) `vm-agent --listen unix:PATH` serves the same service on a unix
+//! socket, with the same handshake, and Shutdown just exits.
+
+mod boot;
+mod port;
+mod reaper;
+mod service;
+mod stdio;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// The argument that puts this binary in container-setup mode (see the container crate).
+pub const SETUP_ARG: &str = "__container_setup";
+
+/// Where the agent is listening.
+enum Mode {
+    /// PID 1 in the guest: boot, then serve the virtio-serial port.
+    Guest,
+    /// A unix socket path, for tests on a host.
+    Listen(PathBuf),
+}
+
+struct StderrLogger {
+    debug: bool,
+}
+
+impl log::Log for StderrLogger {
+    fn enabled(&self, m: &log::Metadata) -> bool {
+        self.debug || m.level() <= log::Level::Info
+    }
+
+    fn log(&self, r: &log::Record) {
+        if self.enabled(r.metadata()) {
+            eprintln!(
+                "[{:>9.3}] vm-agent {}: {}",
+                boot::uptime().as_secs_f64(),
+                r.level(),
+                r.args()
+            );
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some(SETUP_ARG) {
+        container::init::main();
+    }
+    let _ = boot::INIT_STARTED.set(boot::uptime());
+    let mode = if std::process::id() == 1 {
+        Mode::Guest
+    } else {
+        match (args.get(1).map(String::as_str), args.get(2)) {
+            (Some("--listen"), Some(addr)) => {
+                Mode::Listen(PathBuf::from(addr.strip_prefix("unix:").unwrap_or(addr)))
+            }
+            _ => {
+                eprintln!(
+                    "vm-agent is the init of the VM shim's guest; outside a VM run \
+                     `vm-agent --listen unix:PATH`"
+                );
+                std::process::exit(2);
+            }
+        }
+    };
+    if matches!(mode, Mode::Guest) {
+        boot::early_mounts();
+    }
+    let cmdline = boot::Cmdline::read();
+    let logger = Box::leak(Box::new(StderrLogger {
+        debug: cmdline.debug,
+    }));
+    let _ = log::set_logger(logger);
+    log::set_max_level(log::LevelFilter::Debug);
+
+    let guest = matches!(mode, Mode::Guest);
+    if guest {
+        if let Err(e) = boot::init_system(&cmdline) {
+            log::error!("boot: {e}");
+        }
+    } else {
+        // Orphaned container processes must come back to us to be reaped, as they do to PID 1.
+        // SAFETY: plain prctl.
+        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    }
+
+    // One thread: the guest has one vCPU by default, and every cross-thread wake-up is a
+    // futex and a context switch, which TCG makes expensive. Nothing in the agent blocks for
+    // long (container setup runs in its own process).
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            log::error!("starting the runtime: {e}");
+            boot::fatal();
+        }
+    };
+    let result = rt.block_on(async move {
+        let reaper = reaper::Reaper::start();
+        let agent = Arc::new(service::Agent::new(reaper, guest));
+        match mode {
+            // Powers off after Shutdown; returns only on failure.
+            Mode::Guest => port::serve_guest(agent, &cmdline.port).await,
+            Mode::Listen(path) => port::serve_unix(agent, &path).await,
+        }
+    });
+    match result {
+        Ok(()) if !guest => std::process::exit(0),
+        Ok(()) => boot::power_off(),
+        Err(e) => {
+            log::error!("serving: {e}");
+            boot::fatal()
+        }
+    }
+}
