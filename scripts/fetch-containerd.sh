@@ -8,7 +8,9 @@
 # Prints the directory holding usr/bin/{containerd,ctr,containerd-shim-runc-v2}.
 set -euo pipefail
 suite=$1
-dest=$2
+# apt resolves relative Dir:: paths against /etc/apt: make DEST absolute.
+mkdir -p "$2"
+dest=$(cd "$2" && pwd)
 out="$dest/$suite"
 if [ -x "$out/root/usr/bin/containerd" ]; then
   echo "$out/root"

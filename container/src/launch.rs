@@ -57,6 +57,24 @@ async fn finish(ch: &AsyncChannel) -> Result<()> {
     }
 }
 
+/// Waits (briefly) until the setup process is out of the container's cgroup. It joined the
+/// cgroup so that the container's process is born in it, and it exits as soon as it reported
+/// that pid; but its exit closes its end of the channel before the kernel takes it out of the
+/// cgroup, so without this an exec's Start could return while the setup process still shows up
+/// among the container's processes (in Pids, for one).
+async fn setup_left(cgroup: Option<&Cgroup>, setup_pid: u32) {
+    let Some(cg) = cgroup else { return };
+    for _ in 0..400 {
+        match cg.pids() {
+            Ok(pids) if pids.contains(&setup_pid) => {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await
+            }
+            _ => return,
+        }
+    }
+    log::warn!("the setup process {setup_pid} is still in the container's cgroup");
+}
+
 fn write_id_maps(pid: u32, spec: &Spec) -> Result<()> {
     let linux = spec.linux().clone().unwrap_or_default();
     let fmt = |maps: Option<Vec<oci_spec::runtime::LinuxIdMapping>>| {
@@ -120,7 +138,10 @@ impl Launcher {
         Fut: Future<Output = Result<()>>,
     {
         let is_exec = !matches!(config.mode, crate::init::SetupMode::Create);
-        let (_child, ch) = self.spawn(io)?;
+        let (child, ch) = self.spawn(io)?;
+        let setup_pid = child.id();
+        // Reaped by the runtime's own loop (a child subreaper), never waited on here.
+        drop(child);
         ch.send(&Message::Config(Box::new(config))).await?;
         let mut hooks = Some(on_namespaces_ready);
         let mut pid = None;
@@ -131,6 +152,7 @@ impl Launcher {
                 // An exec's setup ends by exec'ing: that is success once the pid is known.
                 if is_exec {
                     if let Some(pid) = pid {
+                        setup_left(cgroup, setup_pid).await;
                         return Ok(Launched {
                             pid,
                             console,
@@ -171,6 +193,7 @@ impl Launcher {
                 Message::Failed { message } => return Err(Error::Setup(message)),
                 Message::Created => {
                     let pid = pid.ok_or_else(|| Error::Protocol("created before pid".into()))?;
+                    setup_left(cgroup, setup_pid).await;
                     return Ok(Launched {
                         pid,
                         console,

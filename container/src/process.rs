@@ -88,47 +88,111 @@ fn security_enabled(path: &str, want: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// The largest uid or gid a container may ask for. `(uid_t)-1` means "leave unchanged" to
+/// setresuid/setresgid, so taken as is it would silently keep the process root; runc refuses
+/// everything above `i32::MAX` ("uids and gids must be in range 0-2147483647").
+const MAX_ID: u32 = i32::MAX as u32;
+
+fn check_id(what: &str, id: u32) -> Result<()> {
+    if id > MAX_ID {
+        return Err(Error::Spec(format!(
+            "{what} {id} is out of range: uids and gids must be in range 0-{MAX_ID}"
+        )));
+    }
+    Ok(())
+}
+
+/// What can be checked of a process without the container's filesystem.
+struct Checked {
+    args: Vec<String>,
+    env: Vec<String>,
+    cwd: PathBuf,
+    rlimits: Vec<(u32, u64, u64)>,
+    caps: Option<CapSets>,
+    seccomp: Option<(seccomp::Program, u32)>,
+}
+
+fn check(spec: &Spec, process: &Process) -> Result<Checked> {
+    let args = process.args().clone().unwrap_or_default();
+    if args.is_empty() {
+        return Err(Error::Spec("process.args must not be empty".into()));
+    }
+    for a in &args {
+        cstring(a, "argument")?;
+    }
+    let env = process.env().clone().unwrap_or_default();
+    for e in &env {
+        cstring(e, "environment")?;
+    }
+    let cwd = process.cwd().clone();
+    if !cwd.is_absolute() {
+        return Err(Error::Spec(format!(
+            "process.cwd {} must be absolute",
+            cwd.display()
+        )));
+    }
+    let user = process.user();
+    check_id("process.user.uid", user.uid())?;
+    check_id("process.user.gid", user.gid())?;
+    for g in user.additional_gids().iter().flatten() {
+        check_id("process.user.additionalGids entry", *g)?;
+    }
+    let mut rlimits = Vec::new();
+    for r in process.rlimits().clone().unwrap_or_default() {
+        let name = serde_json::to_value(r.typ())
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        rlimits.push((rlimit_resource(&name)?, r.soft(), r.hard()));
+    }
+    let caps = process
+        .capabilities()
+        .as_ref()
+        .map(CapSets::from_spec)
+        .transpose()?;
+    let seccomp = match spec.linux().as_ref().and_then(|l| l.seccomp().clone()) {
+        Some(profile) => {
+            let program =
+                seccomp::compile(&profile).map_err(|e| Error::Spec(format!("seccomp: {e}")))?;
+            let flags =
+                seccomp::flags(&profile).map_err(|e| Error::Spec(format!("seccomp: {e}")))?;
+            Some((program, flags))
+        }
+        None => None,
+    };
+    Ok(Checked {
+        args,
+        env,
+        cwd,
+        rlimits,
+        caps,
+        seccomp,
+    })
+}
+
+/// Checks everything about `process` (of the container `spec`) that does not need the
+/// container's filesystem: args, cwd, uid and gids, rlimits, capabilities, seccomp. The runtime
+/// calls it before creating anything, so a bad spec is refused as the caller's mistake
+/// ([`Error::Spec`]) rather than as a failure of the setup process.
+pub fn validate(spec: &Spec, process: &Process) -> Result<()> {
+    check(spec, process).map(|_| ())
+}
+
 impl Prepared {
     /// Compiles the process description; call after pivot_root (the program is looked up in
     /// the container's filesystem). Warnings (unsupported labels) are returned for the log.
     pub fn new(spec: &Spec, process: &Process) -> Result<(Prepared, Vec<String>)> {
         let mut warnings = Vec::new();
-        let args = process.args().clone().unwrap_or_default();
-        let first = args
-            .first()
-            .ok_or_else(|| Error::Spec("process.args must not be empty".into()))?;
-        let env = process.env().clone().unwrap_or_default();
-        let cwd = process.cwd().clone();
-        if !cwd.is_absolute() {
-            return Err(Error::Spec(format!(
-                "process.cwd {} must be absolute",
-                cwd.display()
-            )));
-        }
+        let Checked {
+            args,
+            env,
+            cwd,
+            rlimits,
+            caps,
+            seccomp,
+        } = check(spec, process)?;
+        let first = &args[0];
         let user = process.user();
-        let mut rlimits = Vec::new();
-        for r in process.rlimits().clone().unwrap_or_default() {
-            let name = serde_json::to_value(r.typ())
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default();
-            rlimits.push((rlimit_resource(&name)?, r.soft(), r.hard()));
-        }
-        let caps = process
-            .capabilities()
-            .as_ref()
-            .map(CapSets::from_spec)
-            .transpose()?;
-        let seccomp = match spec.linux().as_ref().and_then(|l| l.seccomp().clone()) {
-            Some(profile) => {
-                let program =
-                    seccomp::compile(&profile).map_err(|e| Error::Spec(format!("seccomp: {e}")))?;
-                let flags =
-                    seccomp::flags(&profile).map_err(|e| Error::Spec(format!("seccomp: {e}")))?;
-                Some((program, flags))
-            }
-            None => None,
-        };
         let apparmor = process.apparmor_profile().clone().filter(|p| !p.is_empty());
         if apparmor.is_some() && !security_enabled("/sys/module/apparmor/parameters/enabled", "Y") {
             warnings
@@ -293,5 +357,50 @@ pub fn reset_signals() {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn process(json: serde_json::Value) -> Process {
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn validate_refuses_what_the_kernel_would_misread() {
+        let spec = Spec::default();
+        let ok = serde_json::json!({"user": {"uid": 0, "gid": 0}, "args": ["sh"], "cwd": "/"});
+        validate(&spec, &process(ok.clone())).unwrap();
+        let with = |path: &[&str], v: serde_json::Value| {
+            let mut p = ok.clone();
+            let mut cur = &mut p;
+            for k in &path[..path.len() - 1] {
+                cur = &mut cur[*k];
+            }
+            cur[path[path.len() - 1]] = v;
+            match validate(&spec, &process(p)) {
+                Ok(()) => String::new(),
+                Err(e) => e.to_string(),
+            }
+        };
+        // (uid_t)-1 is "unchanged" to setresuid: it must not run the program as root.
+        let e = with(&["user", "uid"], serde_json::json!(u32::MAX));
+        assert!(e.contains("4294967295") && e.contains("uid"), "{e}");
+        let e = with(&["user", "gid"], serde_json::json!(2147483648u32));
+        assert!(e.contains("gid"), "{e}");
+        let e = with(
+            &["user", "additionalGids"],
+            serde_json::json!([1, u32::MAX]),
+        );
+        assert!(e.contains("additionalGids"), "{e}");
+        assert_eq!(with(&["user", "uid"], serde_json::json!(i32::MAX)), "");
+        let e = with(&["args"], serde_json::json!([]));
+        assert!(e.contains("args"), "{e}");
+        let e = with(&["cwd"], serde_json::json!("tmp"));
+        assert!(e.contains("cwd"), "{e}");
+        let e = with(&["args"], serde_json::json!(["a\u{0}b"]));
+        assert!(e.contains("NUL"), "{e}");
     }
 }

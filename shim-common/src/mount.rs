@@ -84,29 +84,35 @@ impl Mount {
         let is_bind = flags.contains(MsFlags::MS_BIND);
         let kind = (!is_bind && !self.kind.is_empty()).then_some(self.kind.as_str());
         mount(Some(self.source.as_str()), target, kind, flags, data).map_err(fail)?;
-        // A bind mount ignores MS_RDONLY and friends until remounted.
-        let extra = flags & !(MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_REMOUNT);
-        if is_bind && !extra.is_empty() {
-            mount(
-                None::<&str>,
-                target,
-                None::<&str>,
-                extra | MsFlags::MS_BIND | MsFlags::MS_REMOUNT,
-                None::<&str>,
-            )
-            .map_err(fail)?;
-        }
-        if !propagation.is_empty() {
-            mount(
-                None::<&str>,
-                target,
-                None::<&str>,
-                propagation,
-                None::<&str>,
-            )
-            .map_err(fail)?;
-        }
-        Ok(())
+        let adjusted = (|| {
+            // A bind mount ignores MS_RDONLY and friends until remounted.
+            let extra = flags & !(MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_REMOUNT);
+            if is_bind && !extra.is_empty() {
+                mount(
+                    None::<&str>,
+                    target,
+                    None::<&str>,
+                    extra | MsFlags::MS_BIND | MsFlags::MS_REMOUNT,
+                    None::<&str>,
+                )?;
+            }
+            if !propagation.is_empty() {
+                mount(
+                    None::<&str>,
+                    target,
+                    None::<&str>,
+                    propagation,
+                    None::<&str>,
+                )?;
+            }
+            Ok(())
+        })();
+        // Half a mount (say, a bind left writable) is undone: the caller only unmounts the
+        // layers that succeeded.
+        adjusted.map_err(|e| {
+            let _ = umount2(target, MntFlags::MNT_DETACH);
+            fail(e)
+        })
     }
 }
 

@@ -487,6 +487,14 @@ impl<R: Runtime> TaskService<R> {
                 req.exec_id, req.id
             )));
         }
+        // A new process in a frozen cgroup freezes too: the runtime call would never return
+        // (and would hold this container's lock). runc refuses the same way.
+        if c.init.status == ProcStatus::Paused {
+            return Err(Error::FailedPrecondition(format!(
+                "cannot start exec {}: container {} is paused",
+                req.exec_id, req.id
+            )));
+        }
         let p = c.process(&req.exec_id)?;
         if p.status != ProcStatus::Created {
             return Err(Error::FailedPrecondition(format!(

@@ -121,6 +121,21 @@ impl ProcessRuntime {
     }
 }
 
+/// Kills whatever is left in `cg` and removes it, retrying while the killed processes exit
+/// (rmdir refuses a cgroup that still has tasks).
+async fn destroy_cgroup(cg: &Cgroup) -> container::cgroups::Result<()> {
+    let mut last = Ok(());
+    for _ in 0..100 {
+        let _ = cg.kill_all(libc::SIGKILL);
+        last = cg.delete();
+        if last.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    last
+}
+
 fn stdio3(io: ProcessIo) -> Stdio3 {
     Stdio3 {
         stdin: io.stdin,
@@ -156,9 +171,11 @@ impl Runtime for ProcessRuntime {
             ));
         }
         let spec = container::init::load_spec(c.bundle.path()).map_err(typed)?;
-        if spec.process().is_none() {
+        let Some(process) = spec.process() else {
             return Err(Error::InvalidArgument("the spec has no process".into()));
-        }
+        };
+        // Refuse a bad process before anything exists, as the caller's mistake.
+        container::process::validate(&spec, process).map_err(typed)?;
         let path = cgroups_path(&spec, &c.namespace, &c.id);
         let cgroup = Cgroup::create(Path::new(CGROUP_ROOT), &path).map_err(cgroup_err)?;
         let result = async {
@@ -211,8 +228,10 @@ impl Runtime for ProcessRuntime {
         let mut launched = match result {
             Ok(l) => l,
             Err(e) => {
-                let _ = cgroup.kill_all(libc::SIGKILL);
-                let _ = cgroup.delete();
+                // The setup process may still be exiting: removal waits for it.
+                if let Err(ce) = destroy_cgroup(&cgroup).await {
+                    log::warn!("container {}: removing its cgroup: {ce}", c.id);
+                }
                 return Err(e);
             }
         };
@@ -271,6 +290,8 @@ impl Runtime for ProcessRuntime {
     ) -> Result<Spawned> {
         let process: serde_json::Value = serde_json::from_slice(process)
             .map_err(|e| Error::InvalidArgument(format!("exec process: {e}")))?;
+        let parsed: oci_spec::runtime::Process = serde_json::from_value(process.clone())
+            .map_err(|e| Error::InvalidArgument(format!("exec process: {e}")))?;
         let (spec, init_pid, cg_path) = {
             let map = lock(&self.containers);
             let n = map
@@ -282,6 +303,7 @@ impl Runtime for ProcessRuntime {
                 n.cgroup.as_ref().map(|g| g.path().to_string()),
             )
         };
+        container::process::validate(&spec, &parsed).map_err(typed)?;
         let cgroup = cg_path
             .map(|p| Cgroup::open(Path::new(CGROUP_ROOT), &p))
             .transpose()
@@ -309,7 +331,15 @@ impl Runtime for ProcessRuntime {
     async fn kill(&self, c: &ContainerInfo, target: Target<'_>, sig: u32, all: bool) -> Result<()> {
         match target {
             Target::Exec { pid, .. } => signal(pid, sig),
-            Target::Init { pid } if !all => signal(pid, sig),
+            Target::Init { pid } if !all => {
+                signal(pid, sig)?;
+                // A task of a frozen v1 cgroup does not die until thawed: a SIGKILLed paused
+                // container is thawed so it does (runc does the same).
+                if sig == libc::SIGKILL as u32 {
+                    let _ = self.with_cgroup(c, |g| if g.is_frozen() { g.thaw() } else { Ok(()) });
+                }
+                Ok(())
+            }
             Target::Init { pid } => {
                 let cg_path = lock(&self.containers)
                     .get(&c.id)
@@ -334,16 +364,7 @@ impl Runtime for ProcessRuntime {
         native.pending.take();
         let _ = signal(native.init_pid, libc::SIGKILL as u32);
         if let Some(cg) = &native.cgroup {
-            let _ = cg.kill_all(libc::SIGKILL);
-            let mut last = Ok(());
-            for _ in 0..50 {
-                last = cg.delete();
-                if last.is_ok() {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            last.map_err(cgroup_err)?;
+            destroy_cgroup(cg).await.map_err(cgroup_err)?;
         }
         let hooks = Self::spec_hooks(&native.spec, |h| h.poststop().clone());
         if !hooks.is_empty() {

@@ -14,6 +14,7 @@ use crate::image::IMAGE;
 use crate::procfs;
 use crate::runtime::{RuntimeUnderTest, Variant};
 use crate::util::{random_hex, shell_join, wait_for};
+use crate::version::ContainerdVersion;
 
 /// Default time bound of one `ctr` call.
 pub const CTR_TIMEOUT: Duration = Duration::from_secs(60);
@@ -195,6 +196,26 @@ impl Ctx {
         v.push("--fifo-dir".to_string());
         v.push(self.daemon.fifo_dir.display().to_string());
         v.extend(opts.iter().map(|s| s.to_string()));
+        v
+    }
+
+    /// The containerd version the suite runs (`E2E_CONTAINERD`).
+    pub fn containerd_version(&self) -> ContainerdVersion {
+        self.daemon.bins.version
+    }
+
+    /// `ctr container create` + runtime selection + `opts image id [--] cmd...`
+    /// (ctr 1.6 needs the `--`, or it parses the command's `-c` itself).
+    pub fn create_args(&self, opts: &[&str], image: &str, id: &str, cmd: &[&str]) -> Vec<String> {
+        let mut v = vec!["container".to_string(), "create".to_string()];
+        v.extend(self.rt.ctr_args());
+        v.extend(opts.iter().map(|s| s.to_string()));
+        v.push(image.to_string());
+        v.push(id.to_string());
+        if self.containerd_version().create_needs_dashdash() && !cmd.is_empty() {
+            v.push("--".to_string());
+        }
+        v.extend(cmd.iter().map(|s| s.to_string()));
         v
     }
 
@@ -491,6 +512,12 @@ impl Ctx {
         self.daemon.bundle(&self.ns, id)
     }
 
+    /// The socket path of the shim serving `id` (`address`, else 2.x's
+    /// `bootstrap.json`), if the bundle says.
+    pub fn shim_address(&self, id: &str) -> Option<String> {
+        self.daemon.shim_address(&self.ns, id)
+    }
+
     /// The shim process serving container `id` (argv has `-id ID` and
     /// `-namespace NS`); fails unless exactly one exists.
     #[track_caller]
@@ -619,6 +646,48 @@ pub fn run_scenario(name: &str, variant: Variant, f: fn(&Ctx)) {
             std::panic::resume_unwind(e);
         }
     }
+}
+
+/// Like [`run_scenario`], but alone: holds a process-wide lock for the whole
+/// scenario (context setup and cleanup included), so scenarios that stop or
+/// restart the test binary's containerd never overlap another one declared
+/// with [`exclusive_scenarios!`]. Put such scenarios in a test binary of their
+/// own (every test of a binary shares its daemon).
+pub fn run_scenario_exclusive(name: &str, variant: Variant, f: fn(&Ctx)) {
+    static EXCLUSIVE: Mutex<()> = Mutex::new(());
+    let _alone = EXCLUSIVE.lock().unwrap_or_else(|e| e.into_inner());
+    run_scenario(name, variant, f)
+}
+
+/// [`scenarios!`] whose tests run one at a time ([`run_scenario_exclusive`]).
+#[macro_export]
+macro_rules! exclusive_scenarios {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[test]
+                fn runc_v2_reference() {
+                    $crate::ctx::run_scenario_exclusive(stringify!($name), $crate::Variant::RuncV2Reference, super::$name)
+                }
+                #[test]
+                fn oci_runc_name() {
+                    $crate::ctx::run_scenario_exclusive(stringify!($name), $crate::Variant::OciRuncName, super::$name)
+                }
+                #[test]
+                fn oci_runc_path() {
+                    $crate::ctx::run_scenario_exclusive(stringify!($name), $crate::Variant::OciRuncPath, super::$name)
+                }
+                #[test]
+                fn oci_crun_name() {
+                    $crate::ctx::run_scenario_exclusive(stringify!($name), $crate::Variant::OciCrunName, super::$name)
+                }
+                #[test]
+                fn oci_crun_path() {
+                    $crate::ctx::run_scenario_exclusive(stringify!($name), $crate::Variant::OciCrunPath, super::$name)
+                }
+            }
+        )*
+    };
 }
 
 /// Declare scenarios: one `#[test]` per scenario and variant, named

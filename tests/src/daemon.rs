@@ -16,6 +16,7 @@ use crate::image::{self, BuiltImage};
 use crate::procfs;
 use crate::runtime::{self, OUR_RUNTIME_NAME_BINARY, OUR_SHIM_BINARY};
 use crate::util::{tail_lines, wait_for};
+use crate::version::{self, ContainerdBins};
 
 /// Prefix of every temp directory the harness creates (kept short: unix socket
 /// paths inside the state dir must stay below ~108 bytes).
@@ -43,6 +44,8 @@ pub struct PrivateContainerd {
     pub image: BuiltImage,
     /// Our shim binary, or why it is unavailable.
     pub our_shim: Result<PathBuf, String>,
+    /// The containerd, ctr and reference shim in use (`E2E_CONTAINERD`).
+    pub bins: ContainerdBins,
     child: Mutex<Option<Child>>,
     torn_down: AtomicBool,
 }
@@ -67,6 +70,7 @@ impl PrivateContainerd {
     /// Start a new private containerd. Cleans up leftovers of dead earlier runs first.
     pub fn start() -> Result<PrivateContainerd, String> {
         crate::deps::ensure_deps();
+        let bins = version::selected().clone();
         cleanup_stale_dirs();
         let dir = mkdtemp(TMP_PREFIX)?;
         let d = PrivateContainerd {
@@ -82,6 +86,7 @@ impl PrivateContainerd {
                 rootfs: PathBuf::new(),
             },
             our_shim: runtime::find_our_shim(),
+            bins,
             child: Mutex::new(None),
             torn_down: AtomicBool::new(false),
             dir,
@@ -111,6 +116,14 @@ impl PrivateContainerd {
         ] {
             std::fs::create_dir_all(d).map_err(|err| e(&d.display().to_string(), err))?;
         }
+        eprintln!(
+            "shim-e2e: containerd {} (E2E_CONTAINERD): {} [{}]; ctr {}; reference shim {}",
+            self.bins.version.name(),
+            self.bins.containerd().display(),
+            self.bins.version_string,
+            self.bins.ctr().display(),
+            self.bins.reference_shim().display(),
+        );
         match &self.our_shim {
             Ok(shim) => eprintln!("shim-e2e: our shim under test: {}", shim.display()),
             Err(e) => eprintln!("shim-e2e: {e}"),
@@ -125,11 +138,23 @@ impl PrivateContainerd {
         self.write_oci_wrappers()
             .map_err(|err| e("OCI runtime wrappers", err))?;
         self.image = image::build(&self.dir.join("img"), &crate::deps::busybox_path())?;
+        // CRI is not needed (and would touch host paths); its plugin ids differ
+        // in 2.x. NRI (enabled by default in 2.x) listens on a host-wide socket.
+        // `version = 2` configs still load in 2.x (migrated on the fly).
+        let disabled = match self.bins.version {
+            version::ContainerdVersion::V1_6 => r#"["io.containerd.grpc.v1.cri"]"#,
+            version::ContainerdVersion::V1_7 => {
+                r#"["io.containerd.grpc.v1.cri", "io.containerd.nri.v1.nri"]"#
+            }
+            version::ContainerdVersion::V2_1 => {
+                r#"["io.containerd.grpc.v1.cri", "io.containerd.cri.v1.images", "io.containerd.cri.v1.runtime", "io.containerd.nri.v1.nri"]"#
+            }
+        };
         let config = format!(
             r#"version = 2
 root = "{root}"
 state = "{state}"
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
+disabled_plugins = {disabled}
 
 [grpc]
   address = "{address}"
@@ -153,14 +178,35 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
     /// Put `runc` and `crun` wrappers first on containerd's PATH (hence the
     /// shims'): each appends its argv to [`Self::oci_calls_log`] and execs the
     /// real binary, so a scenario can see which OCI runtime a shim ran.
+    ///
+    /// containerd 1.7.24 and 2.1 write `"ociVersion":"1.2.x"` specs, which
+    /// crun 1.8 (runtime-spec 1.0/1.1) refuses outright: `unknown version
+    /// specified`. With such a crun and a non-system containerd, the crun
+    /// wrapper relabels the bundle's spec as 1.1.0 before running crun (the
+    /// content ctr generates uses nothing newer); see [`crun_needs_spec_relabel`].
     fn write_oci_wrappers(&self) -> std::io::Result<()> {
         use std::os::unix::fs::PermissionsExt;
         for name in ["runc", "crun"] {
             let Some(real) = crate::util::which(name) else {
                 continue;
             };
+            let relabel = if name == "crun" && !self.bins.system && crun_needs_spec_relabel(&real) {
+                concat!(
+                    "bundle=; prev=\n",
+                    "for a in \"$@\"; do\n",
+                    "  case \"$prev\" in --bundle|-b) bundle=$a;; esac\n",
+                    "  case \"$a\" in --bundle=*) bundle=${a#--bundle=};; esac\n",
+                    "  prev=$a\n",
+                    "done\n",
+                    "if [ -n \"$bundle\" ] && [ -f \"$bundle/config.json\" ]; then\n",
+                    "  sed -i -E 's/\"ociVersion\": *\"1\\.[2-9][^\"]*\"/\"ociVersion\":\"1.1.0\"/' \"$bundle/config.json\"\n",
+                    "fi\n",
+                )
+            } else {
+                ""
+            };
             let script = format!(
-                "#!/bin/sh\nprintf '%s\\n' \"{name} $*\" >> {log}\nexec {real} \"$@\"\n",
+                "#!/bin/sh\nprintf '%s\\n' \"{name} $*\" >> {log}\n{relabel}exec {real} \"$@\"\n",
                 log = crate::util::shell_quote(&self.oci_calls_log().display().to_string()),
                 real = crate::util::shell_quote(&real.display().to_string()),
             );
@@ -177,18 +223,30 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         self.dir.join("oci-calls.log")
     }
 
-    fn spawn(&mut self) -> Result<(), String> {
-        let log = std::fs::File::create(&self.log).map_err(|e| format!("log file: {e}"))?;
+    fn spawn(&self) -> Result<(), String> {
+        // Appended to across restarts, so log offsets stay valid.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .map_err(|e| format!("log file: {e}"))?;
         let log2 = log.try_clone().map_err(|e| format!("log file: {e}"))?;
+        // Our shim's dir, then the selected containerd's own bin dir (so
+        // `io.containerd.runc.v2` is that version's Go shim), then the rest.
+        let version_dir = if self.bins.system {
+            String::new()
+        } else {
+            format!("{}:", self.bins.bin_dir.display())
+        };
         let path = format!(
-            "{}:{}",
+            "{}:{version_dir}{}",
             self.bin_dir.display(),
             std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".to_string())
                 + ":/usr/local/sbin:/usr/sbin:/sbin"
         );
         let child = {
             use std::os::unix::process::CommandExt;
-            Command::new("containerd")
+            Command::new(self.bins.containerd())
                 .arg("--config")
                 .arg(self.dir.join("config.toml"))
                 .current_dir(&self.dir)
@@ -248,7 +306,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
     /// `ctr -a <address> [-n ns]`.
     pub fn ctr_base(&self, ns: Option<&str>) -> Vec<String> {
         let mut v = vec![
-            "ctr".to_string(),
+            self.bins.ctr().display().to_string(),
             "-a".to_string(),
             self.address.display().to_string(),
         ];
@@ -306,6 +364,26 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         )
     }
 
+    /// containerd's whole log (stdout+stderr) written after byte `from`.
+    pub fn log_since(&self, from: u64) -> String {
+        let bytes = std::fs::read(&self.log).unwrap_or_default();
+        let start = (from as usize).min(bytes.len());
+        String::from_utf8_lossy(&bytes[start..]).into_owned()
+    }
+
+    /// The socket containerd's Go shims (every version) listen on for `key`
+    /// (the container id, or the group of a pod) in `ns`:
+    /// `/run/containerd/s/<sha256("<grpc address>/<ns>/<key>")>`, and, for
+    /// the debug socket 2.x shims open under `-debug`, the same with `/debug`
+    /// appended before hashing.
+    pub fn go_shim_socket(&self, ns: &str, key: &str, debug: bool) -> PathBuf {
+        let mut path = format!("{}/{ns}/{key}", self.address.display());
+        if debug {
+            path.push_str("/debug");
+        }
+        Path::new("/run/containerd/s").join(crate::util::sha256_hex(path.as_bytes()))
+    }
+
     /// Record a namespace so teardown removes its cgroups and runtime state.
     pub fn register_namespace(&self, ns: &str) {
         if let Ok(mut f) = std::fs::OpenOptions::new()
@@ -323,6 +401,62 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             .join("io.containerd.runtime.v2.task")
             .join(ns)
             .join(id)
+    }
+
+    /// The ttrpc address of the shim serving container `id` in `ns`, without
+    /// `unix://`: see [`bundle_address`].
+    pub fn shim_address(&self, ns: &str, id: &str) -> Option<String> {
+        bundle_address(&self.bundle(ns, id))
+    }
+
+    /// Whether the containerd process is running.
+    pub fn is_running(&self) -> bool {
+        self.child
+            .lock()
+            .expect("child lock")
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// The pid of the running containerd, if any.
+    pub fn pid(&self) -> Option<u32> {
+        let mut guard = self.child.lock().expect("child lock");
+        let c = guard.as_mut()?;
+        matches!(c.try_wait(), Ok(None)).then(|| c.id())
+    }
+
+    /// Stop containerd (SIGTERM; SIGKILL after 10 s) and wait for it to be
+    /// gone, leaving its root, state, shims and containers as they are.
+    /// Only for a daemon one test owns: every other user loses it meanwhile.
+    pub fn stop(&self) -> Result<(), String> {
+        let mut guard = self.child.lock().expect("child lock");
+        let Some(mut c) = guard.take() else {
+            return Err("containerd is not running".to_string());
+        };
+        unsafe {
+            libc::kill(c.id() as i32, libc::SIGTERM);
+        }
+        let exited = wait_for(Duration::from_secs(10), Duration::from_millis(20), || {
+            matches!(c.try_wait(), Ok(Some(_))).then_some(())
+        });
+        if exited.is_none() {
+            let _ = c.kill();
+            let _ = c.wait();
+            return Err("containerd ignored SIGTERM for 10 s; killed it".to_string());
+        }
+        Ok(())
+    }
+
+    /// Start containerd again with the same config, root, state and socket
+    /// (after [`Self::stop`]); returns once it answers `ctr version`.
+    pub fn restart(&self) -> Result<(), String> {
+        if self.torn_down.load(Ordering::SeqCst) {
+            return Err("the daemon was torn down".to_string());
+        }
+        if self.is_running() {
+            return Err("containerd is still running".to_string());
+        }
+        self.spawn()
     }
 
     /// Stop containerd and remove everything it left. Idempotent.
@@ -356,6 +490,18 @@ fn stop_child(c: &mut Child) {
         let _ = c.kill();
         let _ = c.wait();
     }
+}
+
+/// Whether `crun --version` reports runtime-spec 1.0 or 1.1 support (crun
+/// before 1.9 prints `spec: 1.0.0`), i.e. it refuses 1.2.x specs.
+pub fn crun_needs_spec_relabel(crun: &Path) -> bool {
+    let out = Command::new(crun).arg("--version").output();
+    let Ok(out) = out else { return false };
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.lines()
+        .find_map(|l| l.strip_prefix("spec:"))
+        .map(str::trim)
+        .is_some_and(|v| v.starts_with("1.0") || v.starts_with("1.1"))
 }
 
 /// Remove everything under a harness temp dir: containerd (by its pid file),
@@ -411,10 +557,8 @@ pub fn teardown_dir(dir: &Path) {
     let tasks = dir.join("s/io.containerd.runtime.v2.task");
     for ns in std::fs::read_dir(&tasks).into_iter().flatten().flatten() {
         for bundle in std::fs::read_dir(ns.path()).into_iter().flatten().flatten() {
-            if let Ok(addr) = std::fs::read_to_string(bundle.path().join("address")) {
-                if let Some(p) = addr.trim().strip_prefix("unix://") {
-                    let _ = std::fs::remove_file(p);
-                }
+            if let Some(p) = bundle_address(&bundle.path()) {
+                let _ = std::fs::remove_file(p);
             }
         }
     }
@@ -430,6 +574,22 @@ pub fn teardown_dir(dir: &Path) {
         std::thread::sleep(Duration::from_millis(200));
         unmount_under(dir);
     }
+}
+
+/// The unix socket path of the shim serving a bundle: its `address` file
+/// (written by the shim: 1.6, 1.7, our shim everywhere), else the `address`
+/// of containerd 2.x's `bootstrap.json`. `unix://` is stripped.
+pub fn bundle_address(bundle: &Path) -> Option<String> {
+    let raw = std::fs::read_to_string(bundle.join("address"))
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .or_else(|| {
+            let text = std::fs::read_to_string(bundle.join("bootstrap.json")).ok()?;
+            let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+            v.get("address")?.as_str().map(str::to_string)
+        })?;
+    raw.strip_prefix("unix://").map(str::to_string)
 }
 
 /// Lazily unmount every mount at or below `dir`, deepest first.

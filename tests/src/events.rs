@@ -63,9 +63,10 @@ impl<'a> EventWatcher<'a> {
             .work
             .join(format!("events-{}.txt", crate::util::random_hex(3)));
         let inner = format!(
-            "exec {} > {}",
+            "exec {} > {} 2> {}",
             crate::util::shell_join(&crate::cmd::with_timeout(limit, &ctx.ctr_argv(&["events"]))),
-            crate::util::shell_quote(&log.display().to_string())
+            crate::util::shell_quote(&log.display().to_string()),
+            crate::util::shell_quote(&format!("{}.err", log.display()))
         );
         let child = Running::spawn(
             &["sh".to_string(), "-c".to_string(), inner],
@@ -79,7 +80,8 @@ impl<'a> EventWatcher<'a> {
         };
         let marker = format!("marker-{}", crate::util::random_hex(3));
         let seen = wait_for(Duration::from_secs(20), Duration::from_millis(100), || {
-            let out = ctx.ctr(&["container", "create", IMAGE, &marker, "--", "true"]);
+            // No `--` (ctr 2.x would keep it as the command): `true` has no flags.
+            let out = ctx.ctr(&["container", "create", IMAGE, &marker, "true"]);
             ctx.check(&out, "creating the events marker container");
             let got = wait_for(
                 Duration::from_millis(500),
@@ -107,6 +109,14 @@ impl<'a> EventWatcher<'a> {
     /// Everything `ctr events` printed so far.
     pub fn raw(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// What `ctr events` wrote on stderr (e.g. events it could not decode
+    /// and skipped), for failure messages.
+    pub fn stderr(&self) -> String {
+        let mut p = self.log.clone().into_os_string();
+        p.push(".err");
+        std::fs::read_to_string(p).unwrap_or_default()
     }
 
     /// All events so far.

@@ -199,3 +199,16 @@ pub fn tty_text(raw: &[u8]) -> String {
         })
         .collect()
 }
+
+/// Removes the listed files when dropped (best effort), e.g. sockets a
+/// killed or leaky shim leaves in the host-wide `/run/containerd/s`.
+#[derive(Debug, Default)]
+pub struct RemoveOnDrop(pub Vec<PathBuf>);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        for p in self.0.drain(..) {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}

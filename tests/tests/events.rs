@@ -14,15 +14,62 @@ fn field_u64(e: &Event, key: &str) -> Option<u64> {
     e.payload.get(key).and_then(Value::as_u64)
 }
 
+/// A timestamp field: ctr 1.6 prints RFC 3339 strings, ctr 1.7 and 2.1 print
+/// `{"seconds":..,"nanos":..}` objects. Compared as JSON values.
+fn field_time<'a>(e: &'a Event, key: &str) -> Option<&'a Value> {
+    e.payload
+        .get(key)
+        .filter(|v| v.is_string() || v.is_object())
+}
+
 fn field_str<'a>(e: &'a Event, key: &str) -> Option<&'a str> {
     e.payload.get(key).and_then(Value::as_str)
 }
 
+/// How many times `event_sequence` runs on containerd 2.x, which loses a
+/// container's `/tasks/delete` now and then with its own Go shim too (see
+/// containerd-facts.md, "2.1 loses /tasks/delete now and then").
+const ATTEMPTS_2X: usize = 4;
+
+/// How one run of the sequence ended, when it did not fail the test.
+enum Outcome {
+    Complete,
+    /// containerd 2.x only: every event arrived, in order and with the right
+    /// payloads, except the final `/tasks/delete` (and `/containers/delete`,
+    /// published after the task delete, did arrive).
+    LostTaskDelete,
+}
+
 /// run -d, exec, pause, resume, SIGKILL, delete: the `/tasks/*` events for
 /// the container arrive exactly in this order, with consistent payloads.
+/// On containerd 2.x, a run that lost only the final `/tasks/delete` is
+/// retried with a new container (at most `ATTEMPTS_2X` runs); anything else
+/// fails at once.
 fn event_sequence(ctx: &Ctx) {
-    let id = "c1";
-    let watcher = EventWatcher::start(ctx, Duration::from_secs(120));
+    let watcher = EventWatcher::start(ctx, Duration::from_secs(300));
+    let lossy = ctx.containerd_version().is_2x();
+    let attempts = if lossy { ATTEMPTS_2X } else { 1 };
+    for attempt in 1..=attempts {
+        let id = format!("c{attempt}");
+        match one_sequence(ctx, &watcher, &id, lossy) {
+            Outcome::Complete => return,
+            Outcome::LostTaskDelete => eprintln!(
+                "[event_sequence / {}] containerd {} lost /tasks/delete of {id} \
+                 (attempt {attempt}/{attempts}); every other event was right",
+                ctx.variant.name(),
+                ctx.containerd_version().name()
+            ),
+        }
+    }
+    ctx.fail(format!(
+        "/tasks/delete was lost in all {attempts} attempts on containerd {}: more than \
+         containerd's own occasional loss\nall ctr events output:\n{}",
+        ctx.containerd_version().name(),
+        watcher.raw()
+    ));
+}
+
+fn one_sequence(ctx: &Ctx, watcher: &EventWatcher, id: &str, lossy: bool) -> Outcome {
     let t = ctx.run_sleeper(id);
     let out = ctx.exec(id, "x1", &[], &["sh", "-c", "exit 5"]);
     ctx.check_code(&out, 5, "exec");
@@ -52,34 +99,51 @@ fn event_sequence(ctx: &Ctx) {
     ];
     let dump = || {
         format!(
-            "events for {id}:\n{}\nall ctr events output:\n{}",
+            "events for {id}:\n{}\nall ctr events output:\n{}\nctr events stderr:\n{}",
             watcher
                 .events_for(id)
                 .iter()
                 .map(|e| format!("{} {}", e.topic, e.payload))
                 .collect::<Vec<_>>()
                 .join("\n"),
-            watcher.raw()
+            watcher.raw(),
+            watcher.stderr()
         )
     };
     ctx.ensure(complete, || {
         format!("no /containers/delete event\n{}", dump())
     });
-    ctx.ensure(topics == expected, || {
+    let lost_delete = lossy && topics[..] == expected[..expected.len() - 1];
+    ctx.ensure(topics == expected || lost_delete, || {
         format!("task topics {topics:?}\nexpected {expected:?}\n{}", dump())
     });
+    check_payloads(ctx, id, &t, &events, &dump);
+    if lost_delete {
+        Outcome::LostTaskDelete
+    } else {
+        Outcome::Complete
+    }
+}
 
+/// The payloads of the sequence (all nine events, or the first eight when
+/// `/tasks/delete` was lost).
+fn check_payloads(
+    ctx: &Ctx,
+    id: &str,
+    t: &shim_e2e::TaskInfo,
+    events: &[Event],
+    dump: &dyn Fn() -> String,
+) {
     let bundle = ctx.bundle(id).display().to_string();
-    let [create, start, added, started, exec_exit, paused, resumed, exit, delete] =
-        <[Event; 9]>::try_from(events).expect("nine events, checked above");
+    let [create, start, added, started, exec_exit, paused, resumed, exit] =
+        <&[Event; 8]>::try_from(&events[..8]).expect("at least eight events, checked above");
     let init = u64::from(t.pid);
-    ctx.ensure(field_u64(&create, "pid") == Some(init), || {
+    ctx.ensure(field_u64(create, "pid") == Some(init), || {
         format!("/tasks/create pid should be {init}\n{}", dump())
     });
-    ctx.ensure(
-        field_str(&create, "bundle") == Some(bundle.as_str()),
-        || format!("/tasks/create bundle should be {bundle}\n{}", dump()),
-    );
+    ctx.ensure(field_str(create, "bundle") == Some(bundle.as_str()), || {
+        format!("/tasks/create bundle should be {bundle}\n{}", dump())
+    });
     ctx.ensure(
         create.payload["rootfs"]
             .as_array()
@@ -94,23 +158,22 @@ fn event_sequence(ctx: &Ctx) {
             )
         },
     );
-    ctx.ensure(field_u64(&start, "pid") == Some(init), || {
+    ctx.ensure(field_u64(start, "pid") == Some(init), || {
         format!("/tasks/start pid should be {init}\n{}", dump())
     });
-    ctx.ensure(field_str(&added, "exec_id") == Some("x1"), || {
+    ctx.ensure(field_str(added, "exec_id") == Some("x1"), || {
         format!("/tasks/exec-added exec_id\n{}", dump())
     });
-    let exec_pid = field_u64(&started, "pid");
+    let exec_pid = field_u64(started, "pid");
     ctx.ensure(
-        field_str(&started, "exec_id") == Some("x1")
-            && exec_pid.is_some_and(|p| p != init && p > 0),
+        field_str(started, "exec_id") == Some("x1") && exec_pid.is_some_and(|p| p != init && p > 0),
         || format!("/tasks/exec-started exec_id and pid\n{}", dump()),
     );
     ctx.ensure(
-        field_str(&exec_exit, "id") == Some("x1")
-            && field_u64(&exec_exit, "pid") == exec_pid
-            && field_u64(&exec_exit, "exit_status") == Some(5)
-            && field_str(&exec_exit, "exited_at").is_some(),
+        field_str(exec_exit, "id") == Some("x1")
+            && field_u64(exec_exit, "pid") == exec_pid
+            && field_u64(exec_exit, "exit_status") == Some(5)
+            && field_time(exec_exit, "exited_at").is_some(),
         || {
             format!(
                 "the exec's /tasks/exit (id x1, its pid, status 5, exited_at)\n{}",
@@ -119,15 +182,15 @@ fn event_sequence(ctx: &Ctx) {
         },
     );
     ctx.ensure(
-        field_str(&paused, "container_id") == Some(id)
-            && field_str(&resumed, "container_id") == Some(id),
+        field_str(paused, "container_id") == Some(id)
+            && field_str(resumed, "container_id") == Some(id),
         || format!("/tasks/paused and /tasks/resumed\n{}", dump()),
     );
     ctx.ensure(
-        field_str(&exit, "id") == Some(id)
-            && field_u64(&exit, "pid") == Some(init)
-            && field_u64(&exit, "exit_status") == Some(137)
-            && field_str(&exit, "exited_at").is_some(),
+        field_str(exit, "id") == Some(id)
+            && field_u64(exit, "pid") == Some(init)
+            && field_u64(exit, "exit_status") == Some(137)
+            && field_time(exit, "exited_at").is_some(),
         || {
             format!(
                 "the init's /tasks/exit (id {id}, pid {init}, status 137)\n{}",
@@ -135,10 +198,13 @@ fn event_sequence(ctx: &Ctx) {
             )
         },
     );
+    let Some(delete) = events.get(8) else {
+        return;
+    };
     ctx.ensure(
-        field_u64(&delete, "pid") == Some(init)
-            && field_u64(&delete, "exit_status") == Some(137)
-            && field_str(&delete, "exited_at") == field_str(&exit, "exited_at"),
+        field_u64(delete, "pid") == Some(init)
+            && field_u64(delete, "exit_status") == Some(137)
+            && field_time(delete, "exited_at") == field_time(exit, "exited_at"),
         || {
             format!(
                 "/tasks/delete (pid {init}, status 137, same exited_at as the exit)\n{}",

@@ -58,19 +58,15 @@ fn detached_run(ctx: &Ctx) {
 /// `ctr c create` then `ctr t start`: the task starts, output and exit code
 /// come back through `ctr task start`.
 fn create_then_start(ctx: &Ctx) {
-    let mut args = vec!["container".to_string(), "create".to_string()];
-    args.extend(ctx.rt.ctr_args());
-    args.extend(
-        [
-            IMAGE,
-            "c1",
-            "--",
+    let args = ctx.create_args(
+        &[],
+        IMAGE,
+        "c1",
+        &[
             "sh",
             "-c",
             "echo started as $0; echo on-stderr >&2; sleep 0.3; exit 4",
-        ]
-        .iter()
-        .map(|s| s.to_string()),
+        ],
     );
     let out = ctx.ctr(&args);
     ctx.check(&out, "ctr container create");
@@ -371,10 +367,14 @@ fn delete_leaves_nothing(ctx: &Ctx) {
     let shim = ctx.shim_pid(id);
     let bundle = ctx.bundle(id);
     let rootfs = bundle.join("rootfs");
-    let address = std::fs::read_to_string(bundle.join("address")).unwrap_or_default();
-    let socket = address.trim().strip_prefix("unix://").map(str::to_string);
+    let socket = ctx.shim_address(id);
     ctx.ensure(socket.is_some(), || {
-        format!("the bundle's address file should hold unix://..., got {address:?}")
+        format!(
+            "the bundle's address (or 2.x bootstrap.json) should hold unix://..., bundle has {:?}",
+            std::fs::read_dir(&bundle)
+                .map(|rd| rd.flatten().map(|e| e.file_name()).collect::<Vec<_>>())
+                .unwrap_or_default()
+        )
     });
     let socket = socket.expect("checked above");
     ctx.ensure(Path::new(&socket).exists(), || {

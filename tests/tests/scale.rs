@@ -58,6 +58,11 @@ fn twenty_containers(ctx: &Ctx) {
         format!("init pids not distinct: {tasks:?}")
     });
     for t in &tasks {
+        // RUNNING comes before `sh` has exec'd the sleep; under load that
+        // takes a moment.
+        let _ = wait_for(Duration::from_secs(10), Duration::from_millis(50), || {
+            (procfs::cmdline(t.pid) == ["sleep", "100000"]).then_some(())
+        });
         ctx.ensure(procfs::cmdline(t.pid) == ["sleep", "100000"], || {
             format!(
                 "{} pid {} is not its sleep: {:?}",

@@ -372,8 +372,10 @@ impl Cgroup {
         }
         let result = signal_pids(&procs_dir, sig);
         // Thaw even when signalling failed: leaving the container frozen would be worse, and a
-        // frozen process cannot act on SIGKILL/SIGTERM until it runs again.
-        let thawed = if can_freeze && !was_frozen {
+        // frozen process cannot act on SIGKILL/SIGTERM until it runs again. A cgroup that was
+        // frozen (a paused container) stays frozen, except after SIGKILL: a v1-frozen task
+        // does not die until thawed, so the kill would hang (runc thaws too).
+        let thawed = if can_freeze && (!was_frozen || sig == Signal::SIGKILL) {
             self.thaw()
         } else {
             Ok(())

@@ -749,8 +749,21 @@ fn real_v1_lifecycle() {
     assert_eq!(get(&freezer.join("freezer.state")), "THAWED");
     check_freeze_stops_cpu(&cg, pid);
 
+    // A paused (frozen) container: SIGKILL must still kill it, which on v1 takes a thaw.
+    cg.freeze().expect("freeze before kill");
     cg.kill_all(libc::SIGKILL).expect("kill_all");
-    let status = guard.children[0].wait().expect("wait");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = guard.children[0].try_wait().expect("try_wait") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "SIGKILL did not kill a task of the frozen cgroup (left frozen: {})",
+            cg.is_frozen()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
     assert_eq!(status.signal(), Some(libc::SIGKILL));
     assert!(!cg.is_frozen(), "kill_all must leave the cgroup thawed");
 

@@ -1,32 +1,96 @@
-//! Playing containerd's role against the oci shim binary: bundles, the `log` fifo, `start`,
-//! a ttrpc client, and a clean-up that leaves nothing behind even when a test fails.
+//! Playing containerd's role against a shim binary directly, over raw ttrpc: bundles, the `log`
+//! fifo, `start`, a ttrpc client, and a clean-up that leaves nothing behind even when a test
+//! fails. No containerd is involved, which reaches inputs `ctr` cannot send (bad ids, broken
+//! specs, garbage on the socket, unknown methods, task API v3, the `delete` action after a
+//! crash).
+//!
+//! The driver is shim-agnostic: a [`Shim`] names the binary, the runtime name it reports and
+//! where its runtime keeps a container's state ([`StateKind`]). [`scenarios`] holds the protocol
+//! scenarios every shim must pass; each shim crate calls them from a thin test file with its
+//! `env!("CARGO_BIN_EXE_…")`, next to its own shim-specific tests.
 //!
 //! Every test owns one [`Env`]: a short temp dir `/tmp/shp-XXXXXX` holding a busybox rootfs and
 //! bundles at `<dir>/<ns>/<id>` (so `shim.sock` stays far below `sun_path`). Each container gets
 //! a cgroup path of its own, one level deep (`/shp-XXXXXX-<id>`), so parallel tests never share
 //! (or remove) a parent cgroup.
+//!
+//! Needs root and `/bin/busybox` (static); the oci shim's tests also need runc.
 
-#![allow(dead_code)]
+pub mod scenarios;
 
 use std::fs;
 use std::future::Future;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use protobuf::Message;
 use protos::shim::*;
 use protos::shim_ttrpc::TaskClient;
+use protos::task::Status;
+use ttrpc::Code;
+
+use crate::procfs;
 
 pub const RPC_TIMEOUT: Duration = Duration::from_secs(30);
 pub const CONTAINERD_ADDRESS: &str = "/tmp/none.sock";
+/// How long a test waits for something the shim does asynchronously.
+pub const LONG: Duration = Duration::from_secs(20);
+pub const SIGKILL: u32 = 9;
+pub const SIGTERM: u32 = 15;
 
-pub fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_containerd-shim-oci-v1")
+// ---- the shim under test -------------------------------------------------------------------
+
+/// Where a shim's runtime keeps what it knows of a container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StateKind {
+    /// An OCI runtime CLI (runc): its `--root` is `<bundle>/oci-root`, the init's pid is in
+    /// `<bundle>/init.pid`.
+    OciRoot,
+    /// The process shim is the runtime: `<bundle>/process-state.json` (init pid and cgroup
+    /// path, for `shim delete`) and the container's cgroup.
+    ProcessState,
 }
+
+/// A shim binary under test.
+#[derive(Debug, Clone, Copy)]
+pub struct Shim {
+    /// Absolute path of the binary (`env!("CARGO_BIN_EXE_…")`).
+    pub binary: &'static str,
+    /// What `-info` reports as `RuntimeInfo.name`.
+    pub runtime_name: &'static str,
+    pub state: StateKind,
+}
+
+impl Shim {
+    /// `containerd-shim-oci-v1`, driving runc with its state in the bundle.
+    pub const fn oci(binary: &'static str) -> Shim {
+        Shim {
+            binary,
+            runtime_name: "io.containerd.oci.v1",
+            state: StateKind::OciRoot,
+        }
+    }
+
+    /// `containerd-shim-process-v1`, its own runtime.
+    pub const fn process(binary: &'static str) -> Shim {
+        Shim {
+            binary,
+            runtime_name: "io.containerd.process.v1",
+            state: StateKind::ProcessState,
+        }
+    }
+}
+
+/// The process shim's record of a container (`process-state.json`).
+pub const PROCESS_STATE_FILE: &str = "process-state.json";
+
+// ---- ttrpc -----------------------------------------------------------------------------------
 
 /// A ttrpc context carrying the same deadline the test enforces.
 pub fn ctx() -> ttrpc::context::Context {
@@ -45,9 +109,9 @@ pub async fn rpc<T, F: Future<Output = ttrpc::Result<T>>>(what: &str, f: F) -> t
 #[macro_export]
 macro_rules! call {
     ($client:expr, $method:ident, $req:expr) => {
-        $crate::support::rpc(
+        $crate::direct::rpc(
             stringify!($method),
-            $client.$method($crate::support::ctx(), &$req),
+            $client.$method($crate::direct::ctx(), &$req),
         )
         .await
     };
@@ -75,6 +139,15 @@ pub fn expect_code<T: std::fmt::Debug>(what: &str, r: ttrpc::Result<T>, want: tt
     }
 }
 
+/// The status of a failed call: code and message; panics on success or a transport error.
+#[track_caller]
+pub fn status_err<T: std::fmt::Debug>(what: &str, r: ttrpc::Result<T>) -> (Code, String) {
+    match r {
+        Err(ttrpc::Error::RpcStatus(s)) => (s.code(), s.message().to_string()),
+        other => panic!("{what}: expected an RPC status error, got {other:?}"),
+    }
+}
+
 pub async fn connect(address: &str) -> ttrpc::r#async::Client {
     tokio::time::timeout(RPC_TIMEOUT, ttrpc::r#async::Client::connect(address))
         .await
@@ -84,6 +157,92 @@ pub async fn connect(address: &str) -> ttrpc::r#async::Client {
 
 pub async fn task_client(address: &str) -> TaskClient {
     TaskClient::new(connect(address).await)
+}
+
+pub fn status_of(st: &StateResponse) -> Status {
+    st.status
+        .enum_value()
+        .unwrap_or_else(|v| panic!("unknown status {v}"))
+}
+
+pub fn socket_of(address: &str) -> PathBuf {
+    PathBuf::from(address.strip_prefix("unix://").expect("unix:// address"))
+}
+
+/// Shutdown may lose its reply to the exiting daemon (containerd ignores that too); anything
+/// but an RPC error is fine.
+pub async fn shutdown(client: &TaskClient, id: &str) {
+    match call!(client, shutdown, shutdown_req(id)) {
+        Ok(_) => {}
+        Err(ttrpc::Error::RpcStatus(s)) => panic!("Shutdown refused: {s:?}"),
+        Err(_) => {}
+    }
+}
+
+/// After a refused call the daemon must still answer normal calls (`id` is running).
+pub async fn still_serving(client: &TaskClient, id: &str, after: &str) {
+    let st = call!(client, state, state_req(id, ""))
+        .unwrap_or_else(|e| panic!("after {after}: State of {id} failed: {e:?}"));
+    assert_eq!(status_of(&st), Status::RUNNING, "after {after}");
+    call!(client, connect, connect_req(id))
+        .unwrap_or_else(|e| panic!("after {after}: Connect failed: {e:?}"));
+}
+
+/// Sends a request by service and method name; returns the status code and message.
+pub async fn raw_request(
+    client: &ttrpc::r#async::Client,
+    service: &str,
+    method: &str,
+) -> (Code, String) {
+    let req = ttrpc::Request {
+        service: service.into(),
+        method: method.into(),
+        timeout_nano: RPC_TIMEOUT.as_nanos() as i64,
+        payload: StateRequest::new().write_to_bytes().unwrap(),
+        ..Default::default()
+    };
+    match rpc(method, client.request(req)).await {
+        Err(ttrpc::Error::RpcStatus(s)) => (s.code(), s.message().to_string()),
+        Ok(resp) => (
+            resp.status.as_ref().map(|s| s.code()).unwrap_or(Code::OK),
+            String::new(),
+        ),
+        Err(e) => panic!("{service}/{method}: transport error {e:?}"),
+    }
+}
+
+// ---- raw bytes on the socket -------------------------------------------------------------------
+
+/// A tiny deterministic generator for garbage bytes.
+pub fn garbage(len: usize, mut seed: u64) -> Vec<u8> {
+    (0..len)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed as u8
+        })
+        .collect()
+}
+
+/// A ttrpc frame header.
+pub fn header(len: u32, stream: u32, kind: u8, flags: u8) -> Vec<u8> {
+    let mut h = Vec::with_capacity(10);
+    h.extend_from_slice(&len.to_be_bytes());
+    h.extend_from_slice(&stream.to_be_bytes());
+    h.push(kind);
+    h.push(flags);
+    h
+}
+
+/// Writes `bytes` on a fresh connection, reads whatever comes back for a moment, closes.
+pub fn poke(socket: &Path, bytes: &[u8]) {
+    let mut s = UnixStream::connect(socket).expect("connecting a raw stream");
+    let _ = s.write_all(bytes);
+    s.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut sink = [0u8; 4096];
+    let _ = s.read(&mut sink);
 }
 
 // ---- request builders ----------------------------------------------------------------------
@@ -276,6 +435,47 @@ fn unescape_mount(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Existing directories of cgroup `path` (e.g. `/shp-x-c1`), in every hierarchy.
+pub fn cgroup_dirs(path: &str) -> Vec<PathBuf> {
+    procfs::cgroup_dirs(path)
+}
+
+/// Every pid in cgroup `path`, over all hierarchies.
+pub fn cgroup_pids(path: &str) -> Vec<u32> {
+    let mut pids: Vec<u32> = cgroup_dirs(path)
+        .iter()
+        .filter_map(|d| fs::read_to_string(d.join("cgroup.procs")).ok())
+        .flat_map(|s| {
+            s.lines()
+                .filter_map(|l| l.trim().parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect();
+    pids.sort_unstable();
+    pids.dedup();
+    pids
+}
+
+/// Every path below `dir` (not following symlinks, not entering mount points), relative to it.
+pub fn tree(dir: &Path) -> Vec<PathBuf> {
+    fn walk(base: &Path, dir: &Path, mounts: &[PathBuf], out: &mut Vec<PathBuf>) {
+        let Ok(rd) = fs::read_dir(dir) else { return };
+        for e in rd.flatten() {
+            let p = e.path();
+            out.push(p.strip_prefix(base).unwrap_or(&p).to_path_buf());
+            let is_dir = e.file_type().map(|t| t.is_dir()).unwrap_or(false);
+            if is_dir && !mounts.contains(&p) {
+                walk(base, &p, mounts, out);
+            }
+        }
+    }
+    let mounts = mount_points();
+    let mut out = Vec::new();
+    walk(dir, dir, &mounts, &mut out);
+    out.sort();
+    out
+}
+
 // ---- fifo readers ----------------------------------------------------------------------------
 
 /// Reads a fifo to EOF on a thread of its own, keeping everything it read.
@@ -343,22 +543,72 @@ impl Drop for FifoReader {
     }
 }
 
+/// The write end of a stdin fifo, opened without waiting for a reader (`O_RDWR`).
+pub fn fifo_writer(path: &Path) -> fs::File {
+    fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("opening {} for writing: {e}", path.display()))
+}
+
 // ---- the environment -----------------------------------------------------------------------
 
-fn spec_template() -> &'static serde_json::Value {
-    static SPEC: OnceLock<serde_json::Value> = OnceLock::new();
-    SPEC.get_or_init(|| {
-        let dir = tempfile::Builder::new()
-            .prefix("shp-spec-")
-            .tempdir_in("/tmp")
-            .unwrap();
-        let out = Command::new("runc")
-            .arg("spec")
-            .current_dir(dir.path())
-            .output()
-            .expect("running `runc spec`");
-        assert!(out.status.success(), "runc spec: {out:?}");
-        serde_json::from_slice(&fs::read(dir.path().join("config.json")).unwrap()).unwrap()
+/// `runc spec` (runc 1.1), the template every bundle's config.json is patched from. Embedded,
+/// so shims that do not use runc do not need it to be installed.
+fn spec_template() -> serde_json::Value {
+    serde_json::json!({
+        "ociVersion": "1.0.2-dev",
+        "process": {
+            "terminal": true,
+            "user": {"uid": 0, "gid": 0},
+            "args": ["sh"],
+            "env": [
+                "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                "TERM=xterm"
+            ],
+            "cwd": "/",
+            "capabilities": {
+                "bounding": ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"],
+                "effective": ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"],
+                "permitted": ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"],
+                "ambient": ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"]
+            },
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
+            "noNewPrivileges": true
+        },
+        "root": {"path": "rootfs", "readonly": true},
+        "hostname": "runc",
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+             "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+            {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+             "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]},
+            {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+             "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
+            {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
+             "options": ["nosuid", "noexec", "nodev"]},
+            {"destination": "/sys", "type": "sysfs", "source": "sysfs",
+             "options": ["nosuid", "noexec", "nodev", "ro"]},
+            {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
+             "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]}
+        ],
+        "linux": {
+            "resources": {"devices": [{"allow": false, "access": "rwm"}]},
+            "namespaces": [
+                {"type": "pid"}, {"type": "network"}, {"type": "ipc"}, {"type": "uts"},
+                {"type": "mount"}
+            ],
+            "maskedPaths": [
+                "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+                "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware",
+                "/proc/scsi"
+            ],
+            "readonlyPaths": [
+                "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"
+            ]
+        }
     })
 }
 
@@ -379,7 +629,13 @@ struct Container {
     cgroup: String,
 }
 
+/// Busybox applets linked in the test rootfs.
+const APPLETS: &[&str] = &[
+    "sh", "cat", "echo", "sleep", "true", "false", "ls", "stty", "tty", "id",
+];
+
 pub struct Env {
+    pub shim: Shim,
     pub dir: tempfile::TempDir,
     pub ns: String,
     /// The busybox rootfs: `/bin/busybox` plus applet links and mount points.
@@ -390,7 +646,7 @@ pub struct Env {
 }
 
 impl Env {
-    pub fn new(ns: &str) -> Env {
+    pub fn new(shim: &Shim, ns: &str) -> Env {
         let dir = tempfile::Builder::new()
             .prefix("shp-")
             .tempdir_in("/tmp")
@@ -400,12 +656,13 @@ impl Env {
             fs::create_dir_all(rootfs.join(d)).unwrap();
         }
         fs::copy("/bin/busybox", rootfs.join("bin/busybox")).expect("copying busybox");
-        for applet in ["sh", "cat", "echo", "sleep", "true", "false", "ls"] {
+        for applet in APPLETS {
             std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
         }
         fs::set_permissions(rootfs.join("tmp"), fs::Permissions::from_mode(0o1777)).unwrap();
         fs::create_dir_all(dir.path().join(ns)).unwrap();
         Env {
+            shim: *shim,
             dir,
             ns: ns.to_string(),
             rootfs,
@@ -428,6 +685,11 @@ impl Env {
         self.dir.path().join(&self.ns).join(id)
     }
 
+    /// The `linux.cgroupsPath` [`Env::bundle`] gives container `id`: unique to this test.
+    pub fn cgroup_path(&self, id: &str) -> String {
+        format!("/{}-{id}", self.tag())
+    }
+
     /// Creates `<dir>/<ns>/<id>` with a patched `runc spec` running `args`.
     pub fn bundle(&self, id: &str, args: &[&str], root: Root<'_>) -> PathBuf {
         self.bundle_with(id, args, root, |_| {})
@@ -442,7 +704,7 @@ impl Env {
     ) -> PathBuf {
         let bundle = self.bundle_path(id);
         fs::create_dir_all(&bundle).unwrap();
-        let mut spec = spec_template().clone();
+        let mut spec = spec_template();
         let root_path = match root {
             Root::Busybox => self.rootfs.to_string_lossy().into_owned(),
             Root::InBundle => {
@@ -456,7 +718,7 @@ impl Env {
         spec["process"]["terminal"] = serde_json::json!(false);
         spec["process"]["env"] = serde_json::json!(["PATH=/bin"]);
         spec["process"]["cwd"] = serde_json::json!("/");
-        let cgroup = format!("/{}-{id}", self.tag());
+        let cgroup = self.cgroup_path(id);
         spec["linux"]["cgroupsPath"] = serde_json::json!(cgroup);
         if let Some(ns) = spec["linux"]["namespaces"].as_array_mut() {
             ns.retain(|n| n["type"] != "network");
@@ -513,7 +775,7 @@ impl Env {
 
     /// The shim command line containerd uses, for `id` (cwd = its bundle).
     pub fn shim_command(&self, id: &str, extra: &[&str], action: &str) -> Command {
-        let mut cmd = Command::new(bin());
+        let mut cmd = Command::new(self.shim.binary);
         cmd.args(self.shim_args(id, extra, action));
         cmd.current_dir(self.bundle_path(id))
             .env_remove("TTRPC_ADDRESS")
@@ -564,6 +826,85 @@ impl Env {
         read_pid(&self.bundle_path(id).join("shim.pid")).expect("shim.pid")
     }
 
+    /// Asserts the shim daemon serving `id` exited and removed its socket.
+    pub fn assert_daemon_gone(&self, id: &str, socket: &Path) {
+        let pid = self.daemon_pid(id);
+        assert!(
+            wait_until(LONG, || !pid_alive(pid)),
+            "the shim daemon {pid} did not exit after Shutdown"
+        );
+        assert!(
+            wait_until(LONG, || !socket.exists()),
+            "the daemon left its socket {} behind",
+            socket.display()
+        );
+    }
+
+    // ---- the runtime's state, by shim -------------------------------------------------------
+
+    /// The init pid the runtime recorded in the bundle for `shim delete`.
+    pub fn recorded_init_pid(&self, id: &str) -> Option<u32> {
+        let bundle = self.bundle_path(id);
+        match self.shim.state {
+            StateKind::OciRoot => read_pid(&bundle.join("init.pid")),
+            StateKind::ProcessState => {
+                let data = fs::read(bundle.join(PROCESS_STATE_FILE)).ok()?;
+                let v: serde_json::Value = serde_json::from_slice(&data).ok()?;
+                v["init_pid"].as_u64().map(|p| p as u32)
+            }
+        }
+    }
+
+    /// Whether the runtime still holds state for container `id` (runc's state directory; the
+    /// process shim's state file or the container's cgroup).
+    pub fn runtime_state_exists(&self, id: &str) -> bool {
+        let bundle = self.bundle_path(id);
+        match self.shim.state {
+            StateKind::OciRoot => bundle.join("oci-root").join(id).exists(),
+            StateKind::ProcessState => {
+                bundle.join(PROCESS_STATE_FILE).exists()
+                    || !cgroup_dirs(&self.cgroup_path(id)).is_empty()
+            }
+        }
+    }
+
+    /// After `shim delete`: nothing of the runtime's state of `id` is left.
+    pub fn assert_runtime_state_cleaned(&self, id: &str) {
+        let bundle = self.bundle_path(id);
+        match self.shim.state {
+            StateKind::OciRoot => {
+                assert!(
+                    !bundle.join("oci-root").exists(),
+                    "`shim delete` left runc state in {}",
+                    bundle.join("oci-root").display()
+                );
+                let st = Command::new("runc")
+                    .arg("--root")
+                    .arg(bundle.join("oci-root"))
+                    .args(["state", id])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .unwrap();
+                assert!(!st.success(), "runc still knows the container");
+            }
+            StateKind::ProcessState => {
+                assert!(
+                    !bundle.join(PROCESS_STATE_FILE).exists(),
+                    "`shim delete` left {}",
+                    bundle.join(PROCESS_STATE_FILE).display()
+                );
+                let cgroup = self.cgroup_path(id);
+                assert!(
+                    wait_until(LONG, || cgroup_dirs(&cgroup).is_empty()),
+                    "`shim delete` left the cgroup: {:?} (pids {:?})",
+                    cgroup_dirs(&cgroup),
+                    cgroup_pids(&cgroup)
+                );
+            }
+        }
+    }
+
     /// Best-effort removal of everything the test created, also after a failure.
     fn cleanup(&self) {
         for &pid in self.daemons.lock().unwrap().iter() {
@@ -610,18 +951,23 @@ impl Env {
         for m in mounts {
             let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
         }
-        // cgroups runc did not remove (one level deep, ours alone).
-        if let Ok(hierarchies) = fs::read_dir("/sys/fs/cgroup") {
-            let hierarchies: Vec<PathBuf> = hierarchies.flatten().map(|e| e.path()).collect();
-            for c in &containers {
-                for h in &hierarchies {
-                    let dir = h.join(c.cgroup.trim_start_matches('/'));
-                    if dir.exists() {
-                        wait_until(Duration::from_secs(5), || {
-                            fs::remove_dir(&dir).is_ok() || !dir.exists()
-                        });
-                    }
-                }
+        // cgroups the runtime did not remove (one level deep, ours alone): kill what is still
+        // in them, then remove them. Thaw every hierarchy first: a task of a frozen v1 cgroup
+        // does not die of SIGKILL, and every hierarchy holds it until it does.
+        let dirs: Vec<PathBuf> = containers
+            .iter()
+            .flat_map(|c| cgroup_dirs(&c.cgroup))
+            .collect();
+        for dir in &dirs {
+            let _ = fs::write(dir.join("freezer.state"), "THAWED");
+            let _ = fs::write(dir.join("cgroup.freeze"), "0");
+        }
+        for dir in &dirs {
+            procfs::kill_and_remove_cgroup(dir);
+            if dir.exists() {
+                wait_until(Duration::from_secs(5), || {
+                    fs::remove_dir(dir).is_ok() || !dir.exists()
+                });
             }
         }
     }
