@@ -10,6 +10,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 cargo build --workspace --bins
+# The shims under test are the ones just built, never an older build of another profile.
+export SHIM_BIN_DIR="$PWD/target/debug"
 threads="${TEST_THREADS:-4}"
 failed=()
 

@@ -48,8 +48,13 @@ impl Ctx {
     /// Panics (the test fails) if our shim is needed but not built.
     pub fn new(scenario: &str, variant: Variant) -> Ctx {
         let daemon = PrivateContainerd::shared();
-        let rt = RuntimeUnderTest::new(variant, &daemon.our_shim, &daemon.dir)
-            .unwrap_or_else(|e| panic!("variant {}: {e}", variant.name()));
+        let rt = RuntimeUnderTest::new(
+            variant,
+            &daemon.our_shim,
+            &daemon.our_process_shim,
+            &daemon.dir,
+        )
+        .unwrap_or_else(|e| panic!("variant {}: {e}", variant.name()));
         // Short on purpose: the namespace is part of bundle (socket) paths.
         let n = NS_COUNTER.fetch_add(1, Ordering::SeqCst);
         let ns = format!("t{n}-{}", random_hex(3));
@@ -685,6 +690,14 @@ macro_rules! exclusive_scenarios {
                 fn oci_crun_path() {
                     $crate::ctx::run_scenario_exclusive(stringify!($name), $crate::Variant::OciCrunPath, super::$name)
                 }
+                #[test]
+                fn process_name() {
+                    $crate::ctx::run_scenario_exclusive(stringify!($name), $crate::Variant::ProcessName, super::$name)
+                }
+                #[test]
+                fn process_path() {
+                    $crate::ctx::run_scenario_exclusive(stringify!($name), $crate::Variant::ProcessPath, super::$name)
+                }
             }
         )*
     };
@@ -717,6 +730,14 @@ macro_rules! scenarios {
                 #[test]
                 fn oci_crun_path() {
                     $crate::run_scenario(stringify!($name), $crate::Variant::OciCrunPath, super::$name)
+                }
+                #[test]
+                fn process_name() {
+                    $crate::run_scenario(stringify!($name), $crate::Variant::ProcessName, super::$name)
+                }
+                #[test]
+                fn process_path() {
+                    $crate::run_scenario(stringify!($name), $crate::Variant::ProcessPath, super::$name)
                 }
             }
         )*

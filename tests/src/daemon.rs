@@ -14,7 +14,10 @@ use std::time::Duration;
 use crate::cmd::{self, CmdOutput};
 use crate::image::{self, BuiltImage};
 use crate::procfs;
-use crate::runtime::{self, OUR_RUNTIME_NAME_BINARY, OUR_SHIM_BINARY};
+use crate::runtime::{
+    self, OUR_PROCESS_RUNTIME_NAME_BINARY, OUR_PROCESS_SHIM_BINARY, OUR_RUNTIME_NAME_BINARY,
+    OUR_SHIM_BINARY,
+};
 use crate::util::{tail_lines, wait_for};
 use crate::version::{self, ContainerdBins};
 
@@ -44,6 +47,7 @@ pub struct PrivateContainerd {
     pub image: BuiltImage,
     /// Our shim binary, or why it is unavailable.
     pub our_shim: Result<PathBuf, String>,
+    pub our_process_shim: Result<PathBuf, String>,
     /// The containerd, ctr and reference shim in use (`E2E_CONTAINERD`).
     pub bins: ContainerdBins,
     child: Mutex<Option<Child>>,
@@ -86,6 +90,7 @@ impl PrivateContainerd {
                 rootfs: PathBuf::new(),
             },
             our_shim: runtime::find_our_shim(),
+            our_process_shim: runtime::find_our_process_shim(),
             bins,
             child: Mutex::new(None),
             torn_down: AtomicBool::new(false),
@@ -132,6 +137,12 @@ impl PrivateContainerd {
             for name in [OUR_SHIM_BINARY, OUR_RUNTIME_NAME_BINARY] {
                 std::os::unix::fs::symlink(shim, self.bin_dir.join(name))
                     .map_err(|err| e("linking our shim", err))?;
+            }
+        }
+        if let Ok(shim) = &self.our_process_shim {
+            for name in [OUR_PROCESS_SHIM_BINARY, OUR_PROCESS_RUNTIME_NAME_BINARY] {
+                std::os::unix::fs::symlink(shim, self.bin_dir.join(name))
+                    .map_err(|err| e("linking our process shim", err))?;
             }
         }
         runtime::write_runtime_configs(&self.dir).map_err(|err| e("runtime configs", err))?;

@@ -8,6 +8,12 @@ pub const OUR_SHIM_BINARY: &str = "containerd-shim-oci-v1";
 pub const OUR_RUNTIME_NAME: &str = "io.containerd.runtime.v2.oci";
 /// The name `OUR_RUNTIME_NAME` resolves to; the harness links our binary under it.
 pub const OUR_RUNTIME_NAME_BINARY: &str = "containerd-shim-v2-oci";
+/// Binary name of our process shim (the shim is the runtime).
+pub const OUR_PROCESS_SHIM_BINARY: &str = "containerd-shim-process-v1";
+/// The runtime name containerd maps to `containerd-shim-v2-process` on PATH.
+pub const OUR_PROCESS_RUNTIME_NAME: &str = "io.containerd.runtime.v2.process";
+/// The name `OUR_PROCESS_RUNTIME_NAME` resolves to.
+pub const OUR_PROCESS_RUNTIME_NAME_BINARY: &str = "containerd-shim-v2-process";
 /// containerd's reference Go shim.
 pub const REFERENCE_RUNTIME: &str = "io.containerd.runc.v2";
 
@@ -26,15 +32,21 @@ pub enum Variant {
     OciCrunName,
     /// Our shim by absolute path, `--runtime-config-path` with `binary = "crun"`.
     OciCrunPath,
+    /// Our process shim (no runtime binary) by runtime name.
+    ProcessName,
+    /// Our process shim by absolute path.
+    ProcessPath,
 }
 
 impl Variant {
-    pub const ALL: [Variant; 5] = [
+    pub const ALL: [Variant; 7] = [
         Variant::RuncV2Reference,
         Variant::OciRuncName,
         Variant::OciRuncPath,
         Variant::OciCrunName,
         Variant::OciCrunPath,
+        Variant::ProcessName,
+        Variant::ProcessPath,
     ];
 
     /// The name used in `E2E_RUNTIMES` and in messages.
@@ -45,6 +57,8 @@ impl Variant {
             Variant::OciRuncPath => "oci-runc-path",
             Variant::OciCrunName => "oci-crun-name",
             Variant::OciCrunPath => "oci-crun-path",
+            Variant::ProcessName => "process-name",
+            Variant::ProcessPath => "process-path",
         }
     }
 
@@ -53,22 +67,36 @@ impl Variant {
         self != Variant::RuncV2Reference
     }
 
+    /// True for the process shim, which runs containers without any runtime binary.
+    pub fn is_process(self) -> bool {
+        matches!(self, Variant::ProcessName | Variant::ProcessPath)
+    }
+
     /// The OCI runtime binary named in the runtime config file, if any.
     pub fn oci_binary_option(self) -> Option<&'static str> {
         match self {
-            Variant::RuncV2Reference | Variant::OciRuncName => None,
+            Variant::RuncV2Reference
+            | Variant::OciRuncName
+            | Variant::ProcessName
+            | Variant::ProcessPath => None,
             Variant::OciRuncPath => Some("runc"),
             Variant::OciCrunName | Variant::OciCrunPath => Some("crun"),
         }
     }
 
-    /// The OCI runtime that ends up running containers.
-    pub fn oci_runtime(self) -> &'static str {
-        self.oci_binary_option().unwrap_or("runc")
+    /// The OCI runtime binary that ends up running containers; none for the process shim.
+    pub fn oci_runtime(self) -> Option<&'static str> {
+        if self.is_process() {
+            return None;
+        }
+        Some(self.oci_binary_option().unwrap_or("runc"))
     }
 
     fn by_path(self) -> bool {
-        matches!(self, Variant::OciRuncPath | Variant::OciCrunPath)
+        matches!(
+            self,
+            Variant::OciRuncPath | Variant::OciCrunPath | Variant::ProcessPath
+        )
     }
 
     /// Whether `E2E_RUNTIMES` (default: all) selects this variant.
@@ -105,10 +133,19 @@ pub fn selected_variants() -> Vec<Variant> {
 /// `target/release`, else `target/debug` (honouring `CARGO_TARGET_DIR`).
 /// Err lists the places looked at.
 pub fn find_our_shim() -> Result<PathBuf, String> {
+    find_shim(OUR_SHIM_BINARY, "shim-oci")
+}
+
+/// Where our process shim binary is, looked for like [`find_our_shim`].
+pub fn find_our_process_shim() -> Result<PathBuf, String> {
+    find_shim(OUR_PROCESS_SHIM_BINARY, "shim-process")
+}
+
+fn find_shim(binary: &str, package: &str) -> Result<PathBuf, String> {
     let mut candidates = Vec::new();
     if let Some(dir) = std::env::var_os("SHIM_BIN_DIR") {
         // An explicit choice: do not fall back to something else.
-        let p = PathBuf::from(dir).join(OUR_SHIM_BINARY);
+        let p = PathBuf::from(dir).join(binary);
         return if crate::util::is_executable(&p) {
             Ok(p)
         } else {
@@ -134,7 +171,7 @@ pub fn find_our_shim() -> Result<PathBuf, String> {
     target_dirs.push(workspace.join("target"));
     for t in target_dirs {
         for profile in ["release", "debug"] {
-            candidates.push(t.join(profile).join(OUR_SHIM_BINARY));
+            candidates.push(t.join(profile).join(binary));
         }
     }
     let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
@@ -155,8 +192,8 @@ pub fn find_our_shim() -> Result<PathBuf, String> {
         }
     }
     Err(format!(
-        "our shim binary {OUR_SHIM_BINARY} was not found; looked at: {}. Build it \
-         (cargo build --release -p shim-oci) or set SHIM_BIN_DIR to the directory holding it. \
+        "our shim binary {binary} was not found; looked at: {}. Build it \
+         (cargo build --release -p {package}) or set SHIM_BIN_DIR to the directory holding it. \
          To run only the reference shim, set E2E_RUNTIMES=runc-v2-reference.",
         candidates
             .iter()
@@ -182,16 +219,22 @@ impl RuntimeUnderTest {
     pub fn new(
         variant: Variant,
         our_shim: &Result<PathBuf, String>,
+        our_process_shim: &Result<PathBuf, String>,
         config_dir: &Path,
     ) -> Result<Self, String> {
         let runtime = if !variant.is_ours() {
             REFERENCE_RUNTIME.to_string()
         } else {
-            let shim = our_shim.as_ref().map_err(|e| e.clone())?;
+            let (shim, name) = if variant.is_process() {
+                (our_process_shim, OUR_PROCESS_RUNTIME_NAME)
+            } else {
+                (our_shim, OUR_RUNTIME_NAME)
+            };
+            let shim = shim.as_ref().map_err(|e| e.clone())?;
             if variant.by_path() {
                 shim.display().to_string()
             } else {
-                OUR_RUNTIME_NAME.to_string()
+                name.to_string()
             }
         };
         let config_path = variant

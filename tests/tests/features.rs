@@ -88,7 +88,19 @@ fn checkpoint(ctx: &Ctx) {
             out.describe()
         )
     });
-    if ctx.variant.is_ours() {
+    if ctx.variant.is_process() {
+        // The process shim has no CRIU path at all: Unimplemented, as the contract says.
+        let err = out.stderr_str();
+        ctx.ensure(
+            err.contains("not supported") || err.contains("not implemented"),
+            || {
+                format!(
+                    "the process shim should answer Unimplemented\n{}",
+                    out.describe()
+                )
+            },
+        );
+    } else if ctx.variant.is_ours() {
         let err = out.stderr_str();
         ctx.ensure(err.contains("CRIU") && err.contains("criu check"), || {
             format!(

@@ -501,7 +501,13 @@ fn oci_runtime_selected(ctx: &Ctx) {
         .lines()
         .filter(|l| l.contains(ctx.ns.as_str()))
         .collect();
-    let want = ctx.variant.oci_runtime();
+    let Some(want) = ctx.variant.oci_runtime() else {
+        // The process shim is the runtime: no runtime binary may run at all.
+        ctx.ensure(calls.is_empty(), || {
+            format!("the process shim ran a runtime binary: {calls:#?}")
+        });
+        return;
+    };
     ctx.ensure(
         calls
             .iter()
