@@ -17,7 +17,7 @@ failed=()
 
 echo "=== all tests; end-to-end scenarios on containerd 1.6 (the system's) ==="
 start=$SECONDS
-if ! E2E_CONTAINERD=1.6 cargo test --workspace -- --test-threads="$threads"; then
+if ! E2E_CONTAINERD=1.6 cargo test --workspace --no-fail-fast -- --test-threads="$threads"; then
   failed+=("containerd 1.6 (whole workspace)")
 fi
 echo "=== containerd 1.6: $((SECONDS - start)) s ==="

@@ -65,8 +65,11 @@ impl ShimSample {
         }
     }
 
-    fn within(&self, base: &ShimSample) -> bool {
-        self.fds.len() <= base.fds.len()
+    /// `fd_slack` is 0 for our shims. The Go reference shim now and then keeps one exec's
+    /// stdin fifo open after the exec is deleted (seen: 1 in 500 cycles, a `-stdin (deleted)`
+    /// fd); that is its bug, not the scenario's, so it gets a little slack.
+    fn within(&self, base: &ShimSample, fd_slack: usize) -> bool {
+        self.fds.len() <= base.fds.len() + fd_slack
             && self.threads <= base.threads + THREAD_NOISE
             && self.rss_kib <= base.rss_kib + RSS_NOISE_KIB
     }
@@ -323,7 +326,8 @@ fn soak(ctx: &Ctx) {
     });
     let settled = wait_for(Duration::from_secs(20), Duration::from_millis(200), || {
         let now = ShimSample::take(shim);
-        now.within(&base).then_some(now)
+        let fd_slack = if ctx.variant.is_ours() { 0 } else { 2 };
+        now.within(&base, fd_slack).then_some(now)
     });
     let after = ShimSample::take(shim);
     ctx.ensure(settled.is_some(), || {
