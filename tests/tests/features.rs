@@ -185,7 +185,9 @@ fn inspect_runtime(ctx: &Ctx) {
             out.describe()
         ))
     });
-    let want = if ctx.variant.is_ours() {
+    let want = if ctx.variant.is_process() {
+        "io.containerd.process.v1"
+    } else if ctx.variant.is_ours() {
         "io.containerd.oci.v1"
     } else {
         "io.containerd.runc.v2"
