@@ -42,6 +42,23 @@ const VALUE_FLAGS: &[&str] = &[
 const BOOL_FLAGS: &[&str] = &["debug", "v", "version", "info"];
 
 impl Args {
+    /// Parses argv, then fills what the flags left empty from the environment containerd 1.7+
+    /// also sets (`NAMESPACE`, `GRPC_ADDRESS`); the flags win.
+    pub fn from_env<I: IntoIterator<Item = String>>(argv: I) -> Result<Args> {
+        let mut args = Args::parse(argv)?;
+        args.fill_from(|k| std::env::var(k).ok());
+        Ok(args)
+    }
+
+    fn fill_from(&mut self, env: impl Fn(&str) -> Option<String>) {
+        if self.namespace.is_empty() {
+            self.namespace = env("NAMESPACE").unwrap_or_default();
+        }
+        if self.address.is_empty() {
+            self.address = env("GRPC_ADDRESS").unwrap_or_default();
+        }
+    }
+
     pub fn parse<I: IntoIterator<Item = String>>(argv: I) -> Result<Args> {
         let mut args = Args {
             action: Action::Serve,
@@ -173,6 +190,24 @@ mod tests {
         assert_eq!(parse("-info").unwrap().action, Action::Info);
         assert_eq!(parse("-v").unwrap().action, Action::Version);
         assert_eq!(parse("--version").unwrap().action, Action::Version);
+    }
+
+    #[test]
+    fn environment_fills_only_missing_flags() {
+        let env = |k: &str| match k {
+            "NAMESPACE" => Some("envns".to_string()),
+            "GRPC_ADDRESS" => Some("/env.sock".to_string()),
+            _ => None,
+        };
+        let mut a = parse("-id c1 start").unwrap();
+        a.fill_from(env);
+        assert_eq!(
+            (a.namespace.as_str(), a.address.as_str()),
+            ("envns", "/env.sock")
+        );
+        let mut a = parse("-namespace ns -address /a -id c1 start").unwrap();
+        a.fill_from(env);
+        assert_eq!((a.namespace.as_str(), a.address.as_str()), ("ns", "/a"));
     }
 
     #[test]

@@ -34,7 +34,7 @@ const READY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Runs the shim binary for runtime `R`; never returns.
 pub fn run<R: Runtime>(version: &str) -> ! {
-    let args = match Args::parse(std::env::args().skip(1)) {
+    let args = match Args::from_env(std::env::args().skip(1)) {
         Ok(a) => a,
         Err(e) => {
             eprintln!("{e}");

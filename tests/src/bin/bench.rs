@@ -310,8 +310,15 @@ fn main() {
     let d = PrivateContainerd::shared();
     bench::remove_oci_wrappers(&d.bin_dir);
     let load_before = bench::loadavg();
+    // BENCH_OURS picks our side: oci-runc-name (default) or process-name.
+    let ours = std::env::var("BENCH_OURS").unwrap_or_else(|_| "oci-runc-name".into());
+    let ours = Variant::ALL
+        .into_iter()
+        .find(|v| v.is_ours() && v.name() == ours)
+        .unwrap_or_else(|| panic!("BENCH_OURS: unknown variant {ours:?}"));
+    println!("# ours: {}", ours.name());
     let sides = Sides {
-        ours: Ctx::new("bench", Variant::OciRuncName),
+        ours: Ctx::new("bench", ours),
         go: Ctx::new("bench", Variant::RuncV2Reference),
     };
     let header = format!(
