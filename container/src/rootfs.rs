@@ -155,7 +155,7 @@ fn ensure_mountpoint(dest: &Path, as_file: bool) -> Result<()> {
 }
 
 /// Mounts one spec entry below `root`.
-fn mount_one(root: &Path, m: &Mount, bundle: &Path) -> Result<()> {
+fn mount_one(root: &Path, m: &Mount, bundle: &Path, cgroupns: bool) -> Result<()> {
     let opts = m.options().clone().unwrap_or_default();
     let (flags, _clear, prop, data) = parse_options(&opts);
     let kind = m.typ().clone().unwrap_or_default();
@@ -173,7 +173,7 @@ fn mount_one(root: &Path, m: &Mount, bundle: &Path) -> Result<()> {
         })
         .unwrap_or_default();
     if kind == "cgroup" {
-        return mount_cgroup(&dest, flags);
+        return mount_cgroup(&dest, flags, cgroupns);
     }
     let source_is_file = is_bind && source.metadata().map(|md| !md.is_dir()).unwrap_or(false);
     ensure_mountpoint(&dest, source_is_file)?;
@@ -229,11 +229,38 @@ fn mount_one(root: &Path, m: &Mount, bundle: &Path) -> Result<()> {
 
 /// A `cgroup` mount: cgroup2 on a unified host; on a v1 host a tmpfs holding one mount per
 /// hierarchy (in a cgroup namespace each shows the container's own cgroup as its root).
-fn mount_cgroup(dest: &Path, flags: MsFlags) -> Result<()> {
+fn mount_cgroup(dest: &Path, flags: MsFlags, cgroupns: bool) -> Result<()> {
     ensure_mountpoint(dest, false)?;
     let ro = flags & MsFlags::MS_RDONLY;
     let base = flags & (MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC);
+    // Without a cgroup namespace a fresh cgroup mount would show the host's whole tree: bind
+    // the container's own cgroup instead, as runc does, so it sees its own limits.
+    let own = fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let own_path = |matches: &dyn Fn(&str) -> bool| -> Option<String> {
+        own.lines().find_map(|l| {
+            let mut f = l.splitn(3, ':');
+            let (_, ctrls, path) = (f.next()?, f.next()?, f.next()?);
+            matches(ctrls).then(|| path.trim_start_matches('/').to_string())
+        })
+    };
+    let bind_own = |hierarchy: &Path, rel: &str, target: &Path| -> Result<()> {
+        let src = hierarchy.join(rel);
+        mount(
+            Some(&src),
+            target,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(sys(format!("binding cgroup {}", src.display())))?;
+        remount_bind(target, base | ro)
+    };
     if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        if !cgroupns {
+            if let Some(rel) = own_path(&|c: &str| c.is_empty()) {
+                return bind_own(Path::new("/sys/fs/cgroup"), &rel, dest);
+            }
+        }
         return mount(
             Some("cgroup2"),
             dest,
@@ -265,6 +292,20 @@ fn mount_cgroup(dest: &Path, flags: MsFlags) -> Result<()> {
         }
         let target = dest.join(name);
         ensure_mountpoint(&target, false)?;
+        if !cgroupns {
+            let opts: Vec<&str> = super_opts.split(',').collect();
+            let rel = match fstype {
+                "cgroup" => {
+                    own_path(&|c: &str| !c.is_empty() && c.split(',').all(|x| opts.contains(&x)))
+                }
+                "cgroup2" => own_path(&|c: &str| c.is_empty()),
+                _ => None,
+            };
+            if let Some(rel) = rel {
+                bind_own(Path::new(mp), &rel, &target)?;
+                continue;
+            }
+        }
         let r = match fstype {
             "cgroup" => {
                 let subsys: Vec<&str> = super_opts
@@ -408,12 +449,17 @@ pub fn prepare(spec: &Spec, bundle: &Path, root: &Path, in_userns: bool) -> Resu
         None::<&str>,
     )
     .map_err(sys(format!("binding the rootfs {}", root.display())))?;
+    let cgroupns = linux
+        .namespaces()
+        .iter()
+        .flatten()
+        .any(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::Cgroup);
     let mut dev_is_tmpfs = false;
     for m in spec.mounts().clone().unwrap_or_default() {
         if m.destination() == Path::new("/dev") && m.typ().as_deref() == Some("tmpfs") {
             dev_is_tmpfs = true;
         }
-        mount_one(root, &m, bundle)?;
+        mount_one(root, &m, bundle, cgroupns)?;
     }
     if dev_is_tmpfs {
         for node in Node::defaults() {

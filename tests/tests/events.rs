@@ -29,7 +29,7 @@ fn field_str<'a>(e: &'a Event, key: &str) -> Option<&'a str> {
 /// How many times `event_sequence` runs on containerd 2.x, which loses a
 /// container's `/tasks/delete` now and then with its own Go shim too (see
 /// containerd-facts.md, "2.1 loses /tasks/delete now and then").
-const ATTEMPTS_2X: usize = 4;
+const ATTEMPTS_2X: usize = 6;
 
 /// How one run of the sequence ended, when it did not fail the test.
 enum Outcome {
