@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use protobuf::well_known_types::any::Any;
 use protobuf::MessageField;
@@ -316,11 +317,41 @@ fn v2_metrics(loc: &Locator) -> Result<v2::Metrics> {
 /// the rise of the `oom_kill` counter, read again at every wake-up and once more before the
 /// init's exit is published, so an OOM is reported exactly once and always before the exit.
 pub struct OomWatcher {
-    counter_file: PathBuf,
+    source: OomSource,
     seen: std::sync::atomic::AtomicU64,
-    /// Keeps the kernel registration alive (eventfd or inotify, plus the v1 control fd).
-    wake: tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>,
-    _control: Option<std::fs::File>,
+}
+
+enum OomSource {
+    /// A host memory cgroup: the counter file, and the wake-up fd (eventfd or inotify, plus
+    /// the v1 control fd) that keeps the kernel registration alive.
+    Cgroup {
+        counter_file: PathBuf,
+        wake: tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>,
+        _control: Option<std::fs::File>,
+    },
+    /// Kills counted by the runtime itself (a VM's agent reports its guest's).
+    Counted(Arc<OomCounter>),
+}
+
+/// The runtime's side of a counted [`OomWatcher`]: it records each kill as it learns of it.
+#[derive(Default)]
+pub struct OomCounter {
+    kills: std::sync::atomic::AtomicU64,
+    wake: tokio::sync::Notify,
+    closed: std::sync::atomic::AtomicBool,
+}
+
+impl OomCounter {
+    pub fn record(&self) {
+        self.kills.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.wake.notify_one();
+    }
+
+    /// Ends the watch (the container is gone).
+    pub fn close(&self) {
+        self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.wake.notify_one();
+    }
 }
 
 fn oom_kills(file: &Path) -> Option<u64> {
@@ -330,6 +361,16 @@ fn oom_kills(file: &Path) -> Option<u64> {
 }
 
 impl OomWatcher {
+    /// A watcher fed by the runtime through the returned counter instead of a host cgroup.
+    pub fn counted() -> (OomWatcher, Arc<OomCounter>) {
+        let counter = Arc::new(OomCounter::default());
+        let w = OomWatcher {
+            source: OomSource::Counted(counter.clone()),
+            seen: 0.into(),
+        };
+        (w, counter)
+    }
+
     pub fn new(init_pid: u32, cgroups_path: Option<&str>) -> Result<OomWatcher> {
         use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
         let loc = Locator {
@@ -342,7 +383,7 @@ impl OomWatcher {
             unsafe { tokio::io::unix::AsyncFd::register(fd) }
                 .map_err(|e| Error::io("watching OOM", std::io::Error::other(e.to_string())))
         };
-        match loc.mode {
+        let (counter_file, wake, control) = match loc.mode {
             Mode::Legacy => {
                 let dir = loc.dir("memory").ok_or_else(not_found)?;
                 let counter_file = dir.join("memory.oom_control");
@@ -358,13 +399,7 @@ impl OomWatcher {
                 let line = format!("{} {}", efd.as_raw_fd(), control.as_raw_fd());
                 fs::write(dir.join("cgroup.event_control"), line)
                     .map_err(|e| Error::path("registering OOM eventfd in", &dir, e))?;
-                let seen = oom_kills(&counter_file).unwrap_or(0);
-                Ok(OomWatcher {
-                    counter_file,
-                    seen: seen.into(),
-                    wake: register(efd)?,
-                    _control: Some(control),
-                })
+                (counter_file, register(efd)?, Some(control))
             }
             Mode::Unified => {
                 let dir = loc.dir("").ok_or_else(not_found)?;
@@ -389,35 +424,56 @@ impl OomWatcher {
                         std::io::Error::last_os_error(),
                     ));
                 }
-                let seen = oom_kills(&counter_file).unwrap_or(0);
-                Ok(OomWatcher {
-                    counter_file,
-                    seen: seen.into(),
-                    wake: register(fd)?,
-                    _control: None,
-                })
+                (counter_file, register(fd)?, None)
             }
-        }
+        };
+        let seen = oom_kills(&counter_file).unwrap_or(0);
+        Ok(OomWatcher {
+            source: OomSource::Cgroup {
+                counter_file,
+                wake,
+                _control: control,
+            },
+            seen: seen.into(),
+        })
     }
 
-    /// Waits for the next wake-up; false once the cgroup is gone.
+    /// Waits for the next wake-up; false once the cgroup (or the counted container) is gone.
     pub async fn wait(&self) -> bool {
         use std::os::fd::AsRawFd;
-        let Ok(mut guard) = self.wake.readable().await else {
-            return false;
-        };
-        let mut buf = [0u8; 4096];
-        // SAFETY: draining the eventfd/inotify fd into our buffer.
-        unsafe { libc::read(self.wake.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-        guard.clear_ready();
-        self.counter_file.exists()
+        use std::sync::atomic::Ordering;
+        match &self.source {
+            OomSource::Cgroup {
+                counter_file, wake, ..
+            } => {
+                let Ok(mut guard) = wake.readable().await else {
+                    return false;
+                };
+                let mut buf = [0u8; 4096];
+                // SAFETY: draining the eventfd/inotify fd into our buffer.
+                unsafe { libc::read(wake.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+                guard.clear_ready();
+                counter_file.exists()
+            }
+            OomSource::Counted(c) => {
+                if c.closed.load(Ordering::SeqCst) {
+                    return false;
+                }
+                c.wake.notified().await;
+                !c.closed.load(Ordering::SeqCst)
+            }
+        }
     }
 
     /// How many OOM kills happened since the last call.
     pub fn take_new_kills(&self) -> u64 {
         use std::sync::atomic::Ordering;
-        let Some(now) = oom_kills(&self.counter_file) else {
-            return 0;
+        let now = match &self.source {
+            OomSource::Cgroup { counter_file, .. } => match oom_kills(counter_file) {
+                Some(n) => n,
+                None => return 0,
+            },
+            OomSource::Counted(c) => c.kills.load(Ordering::SeqCst),
         };
         now.saturating_sub(self.seen.swap(now, Ordering::SeqCst))
     }

@@ -58,6 +58,25 @@ impl Reaper {
         Ok(reaper)
     }
 
+    /// An exit channel with no waitpid loop behind it: for a runtime whose processes are not
+    /// host children (a VM's guest processes), which reports their exits with
+    /// [`Reaper::publish`]. Kept apart from the daemon's reaper so that a guest pid can never be
+    /// mistaken for a host child's.
+    pub fn channel() -> Arc<Reaper> {
+        Arc::new(Reaper {
+            subscribers: Mutex::new(Vec::new()),
+            next_id: Mutex::new(0),
+        })
+    }
+
+    /// Hands `exit` to every subscriber.
+    pub fn publish(&self, exit: Exit) {
+        let subs = self.subscribers.lock().unwrap_or_else(|p| p.into_inner());
+        for (_, tx) in subs.iter() {
+            let _ = tx.send(exit);
+        }
+    }
+
     fn reap_all(&self) {
         loop {
             let status = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
@@ -79,10 +98,7 @@ impl Reaper {
                 status: exit.1,
                 at: SystemTime::now(),
             };
-            let subs = self.subscribers.lock().unwrap_or_else(|p| p.into_inner());
-            for (_, tx) in subs.iter() {
-                let _ = tx.send(exit);
-            }
+            self.publish(exit);
         }
     }
 

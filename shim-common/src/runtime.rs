@@ -93,6 +93,18 @@ pub trait Runtime: Send + Sync + Sized + 'static {
         all: bool,
     ) -> Result<()>;
 
+    /// The process's terminal changed size. The framework has already resized the pty master
+    /// it holds; a runtime whose real terminal is elsewhere (a VM's guest) passes it on.
+    async fn resize(
+        &self,
+        _c: &ContainerInfo,
+        _target: Target<'_>,
+        _width: u32,
+        _height: u32,
+    ) -> Result<()> {
+        Ok(())
+    }
+
     /// Removes the container once its init has exited (or was never started).
     async fn delete(&self, c: &ContainerInfo) -> Result<()>;
 

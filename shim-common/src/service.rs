@@ -602,6 +602,28 @@ impl<R: Runtime> TaskService<R> {
             .await
     }
 
+    async fn do_resize(&self, req: ResizePtyRequest) -> Result<()> {
+        self.do_io(&req.id, &req.exec_id, |io| io.resize(req.width, req.height))
+            .await?;
+        let container = self.container(&req.id)?;
+        let c = container.lock().await;
+        let p = c.process(&req.exec_id)?;
+        if p.status == ProcStatus::Stopped || !p.stdio.terminal {
+            return Ok(());
+        }
+        let target = if req.exec_id.is_empty() {
+            Target::Init { pid: p.pid }
+        } else {
+            Target::Exec {
+                exec_id: &req.exec_id,
+                pid: p.pid,
+            }
+        };
+        self.runtime
+            .resize(&c.info, target, req.width, req.height)
+            .await
+    }
+
     async fn do_delete(&self, req: DeleteRequest) -> Result<DeleteResponse> {
         let container = self.container(&req.id)?;
         let mut c = container.lock().await;
@@ -873,9 +895,7 @@ impl<R: Runtime> protos::shim_ttrpc::Task for TaskService<R> {
     }
 
     async fn resize_pty(&self, _: &TtrpcContext, req: ResizePtyRequest) -> ttrpc::Result<Empty> {
-        let r = self
-            .do_io(&req.id, &req.exec_id, |io| io.resize(req.width, req.height))
-            .await;
+        let r = self.do_resize(req).await;
         reply("resize_pty", r.map(|_| Empty::new()))
     }
 

@@ -11,9 +11,13 @@ pub mod agent;
 pub mod bzimage;
 pub mod cpio;
 pub mod deb;
+pub mod guest_io;
+pub mod guest_spec;
 pub mod image;
 pub mod kmod;
 pub mod qemu;
+pub mod runtime;
+pub mod settings;
 
 use std::io;
 

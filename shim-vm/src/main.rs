@@ -1,16 +1,11 @@
 //! `containerd-shim-vm-v1`: containers inside QEMU micro-VMs, driven through our guest agent.
-//!
-//! The containerd-facing runtime is not written yet (issue 5); today the binary only builds the
-//! guest image (`containerd-shim-vm-v1 image …`, the same as `shim-vm-image`).
+//! `containerd-shim-vm-v1 image …` builds the guest image (the same as `shim-vm-image`).
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) == Some("image") {
-        std::process::exit(shim_vm::image::cli_main(&args[1..]));
+    let mut args = std::env::args().skip(1);
+    if args.next().as_deref() == Some("image") {
+        let rest: Vec<String> = args.collect();
+        std::process::exit(shim_vm::image::cli_main(&rest));
     }
-    eprintln!(
-        "containerd-shim-vm-v1: the VM runtime is not implemented yet; \
-         `containerd-shim-vm-v1 image [--help]` builds the guest image"
-    );
-    std::process::exit(1);
+    shim_common::run::<shim_vm::runtime::VmRuntime>(env!("CARGO_PKG_VERSION"))
 }

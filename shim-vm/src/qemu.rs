@@ -4,7 +4,10 @@
 use std::fs::File;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+
+use shim_common::reaper::Reaper;
 use std::time::{Duration, Instant};
 
 use crate::{Error, Result};
@@ -150,6 +153,8 @@ pub struct VmConfig {
     /// the agent on `/mnt/share` at boot.
     pub share: Option<PathBuf>,
     pub tsc_khz: Option<u64>,
+    /// QEMU's `-M` instead of the measured microvm line.
+    pub machine: Option<String>,
 }
 
 impl VmConfig {
@@ -166,6 +171,7 @@ impl VmConfig {
             run_dir,
             share: None,
             tsc_khz: None,
+            machine: None,
         }
     }
 
@@ -207,10 +213,13 @@ impl VmConfig {
 
     /// QEMU's arguments; paths of sockets are relative to `run_dir`, where QEMU runs.
     pub fn args(&self) -> Vec<String> {
-        let mut machine = "microvm,x-option-roms=off,pit=off,pic=off".to_string();
-        if self.console_log.is_none() {
-            machine.push_str(",isa-serial=off");
-        }
+        let machine = match &self.machine {
+            Some(m) => m.clone(),
+            None if self.console_log.is_none() => {
+                "microvm,x-option-roms=off,pit=off,pic=off,isa-serial=off".to_string()
+            }
+            None => "microvm,x-option-roms=off,pit=off,pic=off".to_string(),
+        };
         let mut a: Vec<String> = vec![
             "-M".into(),
             machine,
@@ -272,28 +281,29 @@ impl VmConfig {
     }
 }
 
-/// A running QEMU. Killed when dropped.
+/// A running QEMU, spawned through the daemon's reaper (whose waitpid loop is the only one
+/// allowed to reap it). Killed when dropped.
 pub struct Vm {
-    child: Option<Child>,
+    pid: u32,
+    exit: tokio::sync::watch::Receiver<Option<u32>>,
     pub run_dir: PathBuf,
     pub started: Instant,
 }
 
-impl Vm {
-    /// Starts QEMU in `config.run_dir`, its stdout and stderr in `qemu.log` there.
-    ///
-    /// QEMU gets SIGKILL when the thread that started it exits (PR_SET_PDEATHSIG), so a VM
-    /// never outlives a crashed shim; start it from a thread that lives as long as the VM.
-    pub fn spawn(config: &VmConfig) -> Result<Vm> {
-        let log_path = config.run_dir.join("qemu.log");
+impl VmConfig {
+    /// The QEMU command, ready to spawn: run in `run_dir`, output to `qemu.log` there, and
+    /// SIGKILLed when the thread that spawns it exits (PR_SET_PDEATHSIG), so a VM never
+    /// outlives a crashed shim. Spawn it from a thread that lives as long as the VM.
+    pub fn command(&self) -> Result<Command> {
+        let log_path = self.run_dir.join("qemu.log");
         let log = File::create(&log_path)
             .map_err(|e| Error::io(format!("creating {}", log_path.display()), e))?;
         let log2 = log
             .try_clone()
             .map_err(|e| Error::io("duplicating the log fd", e))?;
-        let mut cmd = Command::new(&config.qemu);
-        cmd.args(config.args())
-            .current_dir(&config.run_dir)
+        let mut cmd = Command::new(&self.qemu);
+        cmd.args(self.args())
+            .current_dir(&self.run_dir)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2);
@@ -306,19 +316,34 @@ impl Vm {
                 Ok(())
             });
         }
+        Ok(cmd)
+    }
+}
+
+impl Vm {
+    /// Starts QEMU in `config.run_dir`, its stdout and stderr in `qemu.log` there.
+    pub fn spawn(config: &VmConfig, reaper: &Arc<Reaper>) -> Result<Vm> {
+        let mut cmd = config.command()?;
         let started = Instant::now();
-        let child = cmd
-            .spawn()
+        let spawned = reaper
+            .spawn(&mut cmd)
             .map_err(|e| Error::Unavailable(format!("starting {}: {e}", config.qemu.display())))?;
+        let pid = spawned.child.id();
+        let (tx, exit) = tokio::sync::watch::channel(None);
+        tokio::spawn(async move {
+            let e = spawned.wait().await;
+            let _ = tx.send(Some(e.status));
+        });
         Ok(Vm {
-            child: Some(child),
+            pid,
+            exit,
             run_dir: config.run_dir.clone(),
             started,
         })
     }
 
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(|c| c.id())
+    pub fn pid(&self) -> u32 {
+        self.pid
     }
 
     pub fn agent_socket(&self) -> PathBuf {
@@ -330,33 +355,36 @@ impl Vm {
         std::fs::read_to_string(self.run_dir.join("qemu.log")).unwrap_or_default()
     }
 
-    /// The exit status if QEMU has exited, without waiting.
-    pub fn try_wait(&mut self) -> Result<Option<std::process::ExitStatus>> {
-        match &mut self.child {
-            Some(c) => c.try_wait().map_err(|e| Error::io("waiting for qemu", e)),
-            None => Ok(None),
+    /// QEMU's exit status (as the reaper reports it: code, or 128 + signal) if it has exited.
+    pub fn exited(&self) -> Option<u32> {
+        *self.exit.borrow()
+    }
+
+    /// Resolves with the exit status once QEMU has exited.
+    pub async fn wait(&self) -> u32 {
+        let mut rx = self.exit.clone();
+        let status = match rx.wait_for(Option::is_some).await {
+            Ok(v) => *v,
+            Err(_) => None,
+        };
+        match status {
+            Some(s) => s,
+            // The watcher task is gone only with the runtime.
+            None => std::future::pending().await,
         }
     }
 
     /// Waits up to `timeout` for QEMU to exit on its own.
-    pub fn wait_timeout(&mut self, timeout: Duration) -> Result<Option<std::process::ExitStatus>> {
-        let end = Instant::now() + timeout;
-        loop {
-            if let Some(s) = self.try_wait()? {
-                return Ok(Some(s));
-            }
-            if Instant::now() >= end {
-                return Ok(None);
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
+    pub async fn wait_timeout(&self, timeout: Duration) -> Option<u32> {
+        tokio::time::timeout(timeout, self.wait()).await.ok()
     }
 
-    /// SIGKILL and reap.
-    pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+    /// SIGKILL (the reaper collects it).
+    pub fn kill(&self) {
+        if self.exited().is_none() {
+            // SAFETY: plain syscall on the pid we spawned and have not seen exit (so it has
+            // not been reaped and cannot have been reused).
+            unsafe { libc::kill(self.pid as i32, libc::SIGKILL) };
         }
     }
 }
@@ -445,6 +473,7 @@ pub const KVM_DEADLINE: Duration = Duration::from_secs(3);
 /// remembering either answer). `config.accel` is ignored; `tcg_deadline` bounds a TCG boot.
 pub async fn boot(
     config: &VmConfig,
+    reaper: &Arc<Reaper>,
     cache_dir: Option<&Path>,
     tcg_deadline: Duration,
 ) -> Result<Booted> {
@@ -455,7 +484,7 @@ pub async fn boot(
         && cache_dir.and_then(|d| cached_accel(d, &key)) != Some(Accel::Tcg);
     if try_kvm {
         config.accel = Accel::Kvm;
-        match boot_with(&config, KVM_DEADLINE).await {
+        match boot_with(&config, reaper, KVM_DEADLINE).await {
             Ok(b) => {
                 if let Some(d) = cache_dir {
                     let _ = remember_accel(d, &key, Accel::Kvm);
@@ -476,37 +505,39 @@ pub async fn boot(
     if config.tsc_khz.is_none() {
         config.tsc_khz = host_tsc_khz();
     }
-    boot_with(&config, tcg_deadline).await
+    boot_with(&config, reaper, tcg_deadline).await
 }
 
-async fn boot_with(config: &VmConfig, deadline: Duration) -> Result<Booted> {
-    let mut vm = Vm::spawn(config)?;
+pub async fn boot_with(
+    config: &VmConfig,
+    reaper: &Arc<Reaper>,
+    deadline: Duration,
+) -> Result<Booted> {
+    let vm = Vm::spawn(config, reaper)?;
     let end = vm.started + deadline;
     let socket = vm.agent_socket();
     // QEMU exiting early (a bad option, a KVM abort) must not cost the whole deadline.
     let connect = crate::agent::Agent::connect(&socket, end);
     tokio::pin!(connect);
-    loop {
-        tokio::select! {
-            r = &mut connect => {
-                return match r {
-                    Ok(agent) => Ok(Booted { vm, agent, accel: config.accel }),
-                    Err(e) => {
-                        let log = vm.log();
-                        vm.kill();
-                        Err(Error::Agent(format!("{e}; qemu: {}", log.trim())))
-                    }
-                };
-            }
-            _ = tokio::time::sleep(Duration::from_millis(50)) => {
-                if let Some(status) = vm.try_wait()? {
-                    return Err(Error::Command(format!(
-                        "qemu exited with {status} before the agent answered: {}",
-                        vm.log().trim()
-                    )));
-                }
-            }
+    let outcome = tokio::select! {
+        r = &mut connect => Ok(r),
+        status = vm.wait() => Err(status),
+    };
+    match outcome {
+        Ok(Ok(agent)) => Ok(Booted {
+            vm,
+            agent,
+            accel: config.accel,
+        }),
+        Ok(Err(e)) => {
+            let log = vm.log();
+            vm.kill();
+            Err(Error::Agent(format!("{e}; qemu: {}", log.trim())))
         }
+        Err(status) => Err(Error::Command(format!(
+            "qemu exited with status {status} before the agent answered: {}",
+            vm.log().trim()
+        ))),
     }
 }
 

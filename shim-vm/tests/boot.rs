@@ -350,12 +350,17 @@ fn boot_once(
         .build()
         .map_err(|e| e.to_string())?;
     let cache = workspace().join("target/guest");
-    let Booted {
-        mut vm,
-        agent,
-        accel,
-    } = rt
-        .block_on(qemu::boot(&cfg, Some(&cache), Duration::from_secs(30)))
+    // The VM is a child of the test's own reaper, as it is of the shim's.
+    let reaper = rt
+        .block_on(async { shim_common::reaper::Reaper::start() })
+        .map_err(|e| e.to_string())?;
+    let Booted { vm, agent, accel } = rt
+        .block_on(qemu::boot(
+            &cfg,
+            &reaper,
+            Some(&cache),
+            Duration::from_secs(30),
+        ))
         .map_err(|e| format!("booting: {e}\nconsole:\n{}", console_log()))?;
     let started = vm.started;
     let result = rt.block_on(async {
@@ -402,9 +407,8 @@ fn boot_once(
             ));
         }
     };
-    let status = vm
-        .wait_timeout(Duration::from_secs(10))
-        .map_err(|e| e.to_string())?
+    let status = rt
+        .block_on(vm.wait_timeout(Duration::from_secs(10)))
         .ok_or_else(|| "QEMU did not exit after Shutdown".to_string())?;
     let exit_after_shutdown = shutdown_at.elapsed();
     if console {
@@ -413,8 +417,8 @@ fn boot_once(
             std::fs::read_to_string(run.path().join("console.log")).unwrap_or_default()
         );
     }
-    if !status.success() {
-        return Err(format!("QEMU exited with {status}: {}", vm.log()));
+    if status != 0 {
+        return Err(format!("QEMU exited with status {status}: {}", vm.log()));
     }
     Ok(Boot {
         accel,

@@ -52,6 +52,7 @@ impl Ctx {
             variant,
             &daemon.our_shim,
             &daemon.our_process_shim,
+            &daemon.our_vm_shim,
             &daemon.dir,
         )
         .unwrap_or_else(|e| panic!("variant {}: {e}", variant.name()));
@@ -698,6 +699,14 @@ macro_rules! exclusive_scenarios {
                 fn process_path() {
                     $crate::ctx::run_scenario_exclusive(stringify!($name), $crate::Variant::ProcessPath, super::$name)
                 }
+                #[test]
+                fn vm_name() {
+                    $crate::ctx::run_scenario_exclusive(stringify!($name), $crate::Variant::VmName, super::$name)
+                }
+                #[test]
+                fn vm_path() {
+                    $crate::ctx::run_scenario_exclusive(stringify!($name), $crate::Variant::VmPath, super::$name)
+                }
             }
         )*
     };
@@ -738,6 +747,14 @@ macro_rules! scenarios {
                 #[test]
                 fn process_path() {
                     $crate::run_scenario(stringify!($name), $crate::Variant::ProcessPath, super::$name)
+                }
+                #[test]
+                fn vm_name() {
+                    $crate::run_scenario(stringify!($name), $crate::Variant::VmName, super::$name)
+                }
+                #[test]
+                fn vm_path() {
+                    $crate::run_scenario(stringify!($name), $crate::Variant::VmPath, super::$name)
                 }
             }
         )*

@@ -16,7 +16,7 @@ use crate::image::{self, BuiltImage};
 use crate::procfs;
 use crate::runtime::{
     self, OUR_PROCESS_RUNTIME_NAME_BINARY, OUR_PROCESS_SHIM_BINARY, OUR_RUNTIME_NAME_BINARY,
-    OUR_SHIM_BINARY,
+    OUR_SHIM_BINARY, OUR_VM_RUNTIME_NAME_BINARY, OUR_VM_SHIM_BINARY,
 };
 use crate::util::{tail_lines, wait_for};
 use crate::version::{self, ContainerdBins};
@@ -48,6 +48,7 @@ pub struct PrivateContainerd {
     /// Our shim binary, or why it is unavailable.
     pub our_shim: Result<PathBuf, String>,
     pub our_process_shim: Result<PathBuf, String>,
+    pub our_vm_shim: Result<PathBuf, String>,
     /// The containerd, ctr and reference shim in use (`E2E_CONTAINERD`).
     pub bins: ContainerdBins,
     child: Mutex<Option<Child>>,
@@ -91,6 +92,7 @@ impl PrivateContainerd {
             },
             our_shim: runtime::find_our_shim(),
             our_process_shim: runtime::find_our_process_shim(),
+            our_vm_shim: runtime::find_our_vm_shim(),
             bins,
             child: Mutex::new(None),
             torn_down: AtomicBool::new(false),
@@ -143,6 +145,12 @@ impl PrivateContainerd {
             for name in [OUR_PROCESS_SHIM_BINARY, OUR_PROCESS_RUNTIME_NAME_BINARY] {
                 std::os::unix::fs::symlink(shim, self.bin_dir.join(name))
                     .map_err(|err| e("linking our process shim", err))?;
+            }
+        }
+        if let Ok(shim) = &self.our_vm_shim {
+            for name in [OUR_VM_SHIM_BINARY, OUR_VM_RUNTIME_NAME_BINARY] {
+                std::os::unix::fs::symlink(shim, self.bin_dir.join(name))
+                    .map_err(|err| e("linking our VM shim", err))?;
             }
         }
         runtime::write_runtime_configs(&self.dir).map_err(|err| e("runtime configs", err))?;

@@ -14,6 +14,12 @@ pub const OUR_PROCESS_SHIM_BINARY: &str = "containerd-shim-process-v1";
 pub const OUR_PROCESS_RUNTIME_NAME: &str = "io.containerd.runtime.v2.process";
 /// The name `OUR_PROCESS_RUNTIME_NAME` resolves to.
 pub const OUR_PROCESS_RUNTIME_NAME_BINARY: &str = "containerd-shim-v2-process";
+/// Binary name of our VM shim (containers inside QEMU micro-VMs).
+pub const OUR_VM_SHIM_BINARY: &str = "containerd-shim-vm-v1";
+/// The runtime name containerd maps to `containerd-shim-v2-vm` on PATH.
+pub const OUR_VM_RUNTIME_NAME: &str = "io.containerd.runtime.v2.vm";
+/// The name `OUR_VM_RUNTIME_NAME` resolves to.
+pub const OUR_VM_RUNTIME_NAME_BINARY: &str = "containerd-shim-v2-vm";
 /// containerd's reference Go shim.
 pub const REFERENCE_RUNTIME: &str = "io.containerd.runc.v2";
 
@@ -36,10 +42,15 @@ pub enum Variant {
     ProcessName,
     /// Our process shim by absolute path.
     ProcessPath,
+    /// Our VM shim by runtime name, no runtime options: it finds the guest image the build
+    /// left beside it.
+    VmName,
+    /// Our VM shim by absolute path, `--runtime-config-path` naming the guest image.
+    VmPath,
 }
 
 impl Variant {
-    pub const ALL: [Variant; 7] = [
+    pub const ALL: [Variant; 9] = [
         Variant::RuncV2Reference,
         Variant::OciRuncName,
         Variant::OciRuncPath,
@@ -47,6 +58,8 @@ impl Variant {
         Variant::OciCrunPath,
         Variant::ProcessName,
         Variant::ProcessPath,
+        Variant::VmName,
+        Variant::VmPath,
     ];
 
     /// The name used in `E2E_RUNTIMES` and in messages.
@@ -59,6 +72,8 @@ impl Variant {
             Variant::OciCrunPath => "oci-crun-path",
             Variant::ProcessName => "process-name",
             Variant::ProcessPath => "process-path",
+            Variant::VmName => "vm-name",
+            Variant::VmPath => "vm-path",
         }
     }
 
@@ -72,13 +87,20 @@ impl Variant {
         matches!(self, Variant::ProcessName | Variant::ProcessPath)
     }
 
+    /// True for the VM shim: the container runs in a guest, its pids are the guest's.
+    pub fn is_vm(self) -> bool {
+        matches!(self, Variant::VmName | Variant::VmPath)
+    }
+
     /// The OCI runtime binary named in the runtime config file, if any.
     pub fn oci_binary_option(self) -> Option<&'static str> {
         match self {
             Variant::RuncV2Reference
             | Variant::OciRuncName
             | Variant::ProcessName
-            | Variant::ProcessPath => None,
+            | Variant::ProcessPath
+            | Variant::VmName
+            | Variant::VmPath => None,
             Variant::OciRuncPath => Some("runc"),
             Variant::OciCrunName | Variant::OciCrunPath => Some("crun"),
         }
@@ -86,7 +108,7 @@ impl Variant {
 
     /// The OCI runtime binary that ends up running containers; none for the process shim.
     pub fn oci_runtime(self) -> Option<&'static str> {
-        if self.is_process() {
+        if self.is_process() || self.is_vm() {
             return None;
         }
         Some(self.oci_binary_option().unwrap_or("runc"))
@@ -95,7 +117,7 @@ impl Variant {
     fn by_path(self) -> bool {
         matches!(
             self,
-            Variant::OciRuncPath | Variant::OciCrunPath | Variant::ProcessPath
+            Variant::OciRuncPath | Variant::OciCrunPath | Variant::ProcessPath | Variant::VmPath
         )
     }
 
@@ -134,6 +156,11 @@ pub fn selected_variants() -> Vec<Variant> {
 /// Err lists the places looked at.
 pub fn find_our_shim() -> Result<PathBuf, String> {
     find_shim(OUR_SHIM_BINARY, "shim-oci")
+}
+
+/// Where our VM shim binary is, looked for like [`find_our_shim`].
+pub fn find_our_vm_shim() -> Result<PathBuf, String> {
+    find_shim(OUR_VM_SHIM_BINARY, "shim-vm")
 }
 
 /// Where our process shim binary is, looked for like [`find_our_shim`].
@@ -220,6 +247,7 @@ impl RuntimeUnderTest {
         variant: Variant,
         our_shim: &Result<PathBuf, String>,
         our_process_shim: &Result<PathBuf, String>,
+        our_vm_shim: &Result<PathBuf, String>,
         config_dir: &Path,
     ) -> Result<Self, String> {
         let runtime = if !variant.is_ours() {
@@ -227,6 +255,8 @@ impl RuntimeUnderTest {
         } else {
             let (shim, name) = if variant.is_process() {
                 (our_process_shim, OUR_PROCESS_RUNTIME_NAME)
+            } else if variant.is_vm() {
+                (our_vm_shim, OUR_VM_RUNTIME_NAME)
             } else {
                 (our_shim, OUR_RUNTIME_NAME)
             };
@@ -237,9 +267,13 @@ impl RuntimeUnderTest {
                 name.to_string()
             }
         };
-        let config_path = variant
-            .oci_binary_option()
-            .map(|b| config_dir.join(format!("runtime-{b}.toml")));
+        let config_path = if variant == Variant::VmPath {
+            Some(config_dir.join("runtime-vm.toml"))
+        } else {
+            variant
+                .oci_binary_option()
+                .map(|b| config_dir.join(format!("runtime-{b}.toml")))
+        };
         Ok(RuntimeUnderTest {
             variant,
             runtime,
@@ -270,5 +304,34 @@ pub fn write_runtime_configs(dir: &Path) -> std::io::Result<()> {
         );
         std::fs::write(dir.join(format!("runtime-{name}.toml")), text)?;
     }
+    let image = guest_image_dir();
+    let text = format!(
+        "# the VM shim's guest image\nimage = {}\n",
+        serde_json::Value::String(image.display().to_string())
+    );
+    std::fs::write(dir.join("runtime-vm.toml"), text)?;
     Ok(())
+}
+
+/// The guest image the VM variants boot: `E2E_VM_IMAGE`, else the workspace build's
+/// `<target>/guest` (where `scripts/build-guest.sh` puts it).
+pub fn guest_image_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("E2E_VM_IMAGE") {
+        return PathBuf::from(d);
+    }
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the test crate lives inside the workspace")
+        .to_path_buf();
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(t) if !t.is_empty() => {
+            let t = PathBuf::from(t);
+            if t.is_absolute() {
+                t.join("guest")
+            } else {
+                workspace.join(t).join("guest")
+            }
+        }
+        _ => workspace.join("target/guest"),
+    }
 }
