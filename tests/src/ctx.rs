@@ -27,6 +27,14 @@ pub struct TaskInfo {
     pub status: String,
 }
 
+/// A process of a container, as [`Ctx::container_processes`] sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerProcess {
+    /// A host pid, or for a VM the pid inside the container's own pid namespace.
+    pub pid: u32,
+    pub argv: Vec<String>,
+}
+
 /// Everything a scenario needs.
 pub struct Ctx {
     /// Scenario name (for messages).
@@ -42,6 +50,18 @@ pub struct Ctx {
 }
 
 static NS_COUNTER: AtomicUsize = AtomicUsize::new(0);
+/// Numbers the execs [`Ctx::sh_in`] runs (exec ids are unique per task).
+static LOOK_COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// Lists the container's processes from inside: `self PID`, then per process `proc PID <stat>`
+/// and `argv <argv with \001 between the args>`. Busybox builtins only, but for `tr`, which
+/// runs as a child of the listing shell.
+const LIST_PROCESSES: &str = r#"echo "self $$"
+for d in /proc/[0-9]*; do
+  read -r stat < "$d/stat" 2>/dev/null || continue
+  echo "proc ${d#/proc/} $stat"
+  echo "argv $(tr '\0' '\001' < "$d/cmdline" 2>/dev/null)"
+done"#;
 
 impl Ctx {
     /// Set up a namespace with the busybox images for `scenario` on `variant`.
@@ -509,6 +529,177 @@ impl Ctx {
             }
         }
         self.finish_keeping_stdin(child)
+    }
+
+    // ------------------------------------------------------ container view --
+    //
+    // In a VM (`variant.is_vm()`) the container's processes and cgroup live in the guest: the
+    // pids containerd reports are guest pids, meaningless on the host. These helpers give the
+    // host's view for the other variants and the equivalent view from inside the container
+    // for the VM.
+
+    /// Run `sh -c SCRIPT` in the running container `id` (a fresh exec id) and return its
+    /// stdout; fail unless it exits 0. A short sleep follows the script (ctr 1.6 may lose
+    /// output written right before an exit); the script's exit status is kept.
+    #[track_caller]
+    pub fn sh_in(&self, id: &str, script: &str) -> String {
+        let n = LOOK_COUNTER.fetch_add(1, Ordering::SeqCst);
+        let wrapped = format!("{{ {script}\n}}; rc=$?; sleep 0.3; exit $rc");
+        let out = self.exec(id, &format!("look{n}"), &[], &["sh", "-c", &wrapped]);
+        self.check(&out, &format!("looking inside {id} with `{script}`"));
+        out.stdout_str()
+    }
+
+    /// The live processes of container `id`, whose init `ctr task ls` shows as `init`. On
+    /// the host: the init and its descendants, by host pid. For a VM: the container's own
+    /// view (its /proc, where the init is pid 1), without the exec that looks.
+    #[track_caller]
+    pub fn container_processes(&self, id: &str, init: u32) -> Vec<ContainerProcess> {
+        if !self.variant.is_vm() {
+            return procfs::descendants(init)
+                .into_iter()
+                .map(|pid| ContainerProcess {
+                    pid,
+                    argv: procfs::cmdline(pid),
+                })
+                .collect();
+        }
+        let text = self.sh_in(id, LIST_PROCESSES);
+        let mut me = None;
+        // (pid, ppid, state, argv)
+        let mut all: Vec<(u32, u32, String, Vec<String>)> = Vec::new();
+        let mut lines = text.lines();
+        while let Some(l) = lines.next() {
+            if let Some(p) = l.strip_prefix("self ") {
+                me = p.trim().parse::<u32>().ok();
+            } else if let Some(rest) = l.strip_prefix("proc ") {
+                let argv_line = lines.next().unwrap_or_default();
+                let argv: Vec<String> = argv_line
+                    .strip_prefix("argv ")
+                    .unwrap_or_default()
+                    .split('\u{1}')
+                    .filter(|a| !a.is_empty())
+                    .map(str::to_string)
+                    .collect();
+                let Some((pid, stat)) = rest.split_once(' ') else {
+                    continue;
+                };
+                // stat: `pid (comm) state ppid ...`; comm may hold spaces.
+                let after = stat.rfind(')').map(|i| &stat[i + 1..]).unwrap_or("");
+                let mut f = after.split_whitespace();
+                let (Ok(pid), Some(state), Some(Ok(ppid))) =
+                    (pid.parse(), f.next(), f.next().map(str::parse))
+                else {
+                    continue;
+                };
+                all.push((pid, ppid, state.to_string(), argv));
+            }
+        }
+        let me = me.unwrap_or_else(|| self.fail(format!("no `self` line in:\n{text}")));
+        // The looking shell and everything it started.
+        let mut looking = vec![me];
+        let mut i = 0;
+        while i < looking.len() {
+            let cur = looking[i];
+            looking.extend(all.iter().filter(|p| p.1 == cur).map(|p| p.0));
+            i += 1;
+        }
+        all.into_iter()
+            .filter(|(pid, _, state, _)| !looking.contains(pid) && state != "Z" && state != "X")
+            .map(|(pid, _, _, argv)| ContainerProcess { pid, argv })
+            .collect()
+    }
+
+    /// Whether process `pid` of container `id` (a pid [`Ctx::container_processes`] returned)
+    /// is alive.
+    pub fn container_pid_alive(&self, id: &str, init: u32, pid: u32) -> bool {
+        if !self.variant.is_vm() {
+            return procfs::alive(pid);
+        }
+        self.container_processes(id, init)
+            .iter()
+            .any(|p| p.pid == pid)
+    }
+
+    /// Whether `pid`, as `ctr task ls` / `ctr task ps` report it for task `id`, is alive: the
+    /// host's procfs; for a VM, whose guest pids mean nothing on the host, whether `ctr task
+    /// ps` still lists it.
+    pub fn task_pid_alive(&self, id: &str, pid: u32) -> bool {
+        if !self.variant.is_vm() {
+            return procfs::alive(pid);
+        }
+        let out = self.ctr(&["task", "ps", id]);
+        out.ok()
+            && out
+                .stdout_str()
+                .lines()
+                .skip(1)
+                .any(|l| l.split_whitespace().next() == Some(pid.to_string().as_str()))
+    }
+
+    /// The argv of the init of task `id`, which `ctr task ls` shows as `pid`. For a VM: `ctr
+    /// task ps` must list `pid`, and the argv is that of the container's pid 1, read inside
+    /// (a guest pid can be looked up neither on the host nor in the container's pid
+    /// namespace).
+    #[track_caller]
+    pub fn init_argv(&self, id: &str, pid: u32) -> Vec<String> {
+        if !self.variant.is_vm() {
+            return procfs::cmdline(pid);
+        }
+        let listed = self.task_pids(id);
+        self.ensure(listed.contains(&pid), || {
+            format!("ctr task ps {id} lists {listed:?}, not the init {pid} ctr task ls shows")
+        });
+        self.sh_in(id, "tr '\\0' '\\n' < /proc/1/cmdline")
+            .lines()
+            .filter(|a| !a.is_empty())
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// The cgroup paths of container `id`'s init, as its /proc/1/cgroup shows them from
+    /// inside (for a VM: the guest's cgroup).
+    #[track_caller]
+    pub fn cgroups_inside(&self, id: &str) -> Vec<String> {
+        self.sh_in(id, "cat /proc/1/cgroup")
+            .lines()
+            .filter_map(|l| l.splitn(3, ':').nth(2))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// The kernel boot id container `id` sees (one per booted kernel: a VM's guest has its own).
+    #[track_caller]
+    pub fn boot_id(&self, id: &str) -> String {
+        self.sh_in(id, "cat /proc/sys/kernel/random/boot_id")
+            .trim()
+            .to_string()
+    }
+
+    /// The QEMU processes shim `shim` started (its children).
+    pub fn qemu_children(&self, shim: u32) -> Vec<u32> {
+        procfs::children(shim)
+            .into_iter()
+            .filter(|p| procfs::is_qemu(*p))
+            .collect()
+    }
+
+    /// The VM running container `id`: the one QEMU child of the shim serving it.
+    #[track_caller]
+    pub fn vm_pid(&self, id: &str) -> u32 {
+        let shim = self.shim_pid(id);
+        let vms = self.qemu_children(shim);
+        match vms.as_slice() {
+            [one] => *one,
+            _ => self.fail(format!(
+                "expected one QEMU child of the shim {shim} serving {id}, found {vms:?} \
+                 (children: {:?})",
+                procfs::children(shim)
+                    .into_iter()
+                    .map(|p| (p, procfs::cmdline(p)))
+                    .collect::<Vec<_>>()
+            )),
+        }
     }
 
     // ---------------------------------------------------------- host view --

@@ -40,7 +40,7 @@ pub mod util;
 pub mod version;
 
 pub use cmd::{CmdOutput, Running, Stdin};
-pub use ctx::{heavy, run_scenario, Ctx, HeavyGuard, TaskInfo, CTR_TIMEOUT};
+pub use ctx::{heavy, run_scenario, ContainerProcess, Ctx, HeavyGuard, TaskInfo, CTR_TIMEOUT};
 pub use daemon::PrivateContainerd;
 pub use deps::ensure_deps;
 pub use image::{IMAGE, IMAGE_USER};

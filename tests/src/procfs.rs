@@ -267,3 +267,34 @@ pub fn sockets_under(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// Live children of `pid`.
+pub fn children(pid: u32) -> Vec<u32> {
+    all_pids()
+        .into_iter()
+        .filter(|&p| ppid(p) == Some(pid) && alive(p))
+        .collect()
+}
+
+/// Whether `pid` runs a QEMU system emulator (`qemu-system-*`).
+pub fn is_qemu(pid: u32) -> bool {
+    cmdline(pid).first().is_some_and(|a0| {
+        Path::new(a0)
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("qemu-system"))
+    })
+}
+
+/// Every live QEMU process on the host.
+pub fn qemu_pids() -> Vec<u32> {
+    all_pids()
+        .into_iter()
+        .filter(|&p| is_qemu(p) && alive(p))
+        .collect()
+}
+
+/// The working directory of `pid`.
+pub fn cwd(pid: u32) -> Option<PathBuf> {
+    std::fs::read_link(format!("/proc/{pid}/cwd")).ok()
+}

@@ -184,11 +184,11 @@ fn exec_kill(ctx: &Ctx) {
     ctx.check(&k, "kill --exec-id e1");
     let out = child.wait();
     ctx.check_code(&out, 137, "killed exec");
-    ctx.ensure(new.iter().all(|p| !procfs::alive(*p)), || {
+    ctx.ensure(new.iter().all(|p| !ctx.task_pid_alive("c1", *p)), || {
         format!("exec process {new:?} still alive")
     });
     let now = ctx.wait_status("c1", "RUNNING", Duration::from_secs(2));
-    ctx.ensure(now.pid == t.pid && procfs::alive(t.pid), || {
+    ctx.ensure(now.pid == t.pid && ctx.task_pid_alive("c1", t.pid), || {
         "killing an exec must not stop the init".to_string()
     });
     ctx.kill_and_remove("c1");

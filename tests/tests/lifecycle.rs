@@ -38,7 +38,7 @@ fn detached_run(ctx: &Ctx) {
         format!("ctr run -d printed something\n{}", out.describe())
     });
     let t = ctx.wait_status("c1", "RUNNING", Duration::from_secs(10));
-    let argv = procfs::cmdline(t.pid);
+    let argv = ctx.init_argv("c1", t.pid);
     ctx.ensure(argv == ["sleep", "100000"], || {
         format!(
             "pid {} from ctr task ls should be the init, its argv is {argv:?}",
@@ -117,6 +117,22 @@ fn init_exits_with_children_alive(ctx: &Ctx) {
     ctx.ensure(out.stdout_str().starts_with("child "), || {
         format!("unexpected output\n{}", out.describe())
     });
+    if ctx.variant.is_vm() {
+        // The child lived in the guest, which cannot be looked at once the container is
+        // gone; what can hold is that the VM went with it (so nothing of the container runs).
+        let ours = |p: &u32| {
+            procfs::cwd(*p).is_some_and(|d| d.starts_with(ctx.bundle("c1")))
+                || procfs::cmdline(*p).iter().any(|a| a.contains(&ctx.ns))
+        };
+        let vms = wait_for(Duration::from_secs(10), Duration::from_millis(50), || {
+            let v: Vec<u32> = procfs::qemu_pids().into_iter().filter(ours).collect();
+            v.is_empty().then_some(())
+        });
+        ctx.ensure(vms.is_some(), || {
+            "the container's VM is still running after ctr run --rm".to_string()
+        });
+        return;
+    }
     // Other tests run `sleep 100` too: only look at this container's cgroup.
     let stray: Vec<u32> = procfs::all_pids()
         .into_iter()
@@ -145,7 +161,7 @@ fn kill_sigterm_trapped(ctx: &Ctx) {
     // The trap must be installed before the signal comes: wait for a sleep child.
     let init = ctx.wait_status("c1", "RUNNING", Duration::from_secs(5)).pid;
     wait_for(Duration::from_secs(10), Duration::from_millis(20), || {
-        (procfs::descendants(init).len() > 1).then_some(())
+        (ctx.container_processes("c1", init).len() > 1).then_some(())
     });
     let k = ctx.kill("c1", "SIGTERM", false, None);
     ctx.check(&k, "ctr task kill (SIGTERM)");
@@ -162,7 +178,7 @@ fn kill_sigkill(ctx: &Ctx) {
     let k = ctx.kill("c1", "SIGKILL", false, None);
     ctx.check(&k, "kill -s SIGKILL");
     ctx.wait_status("c1", "STOPPED", Duration::from_secs(10));
-    ctx.ensure(!procfs::alive(t.pid), || {
+    ctx.ensure(!ctx.task_pid_alive("c1", t.pid), || {
         format!("init {} still alive", t.pid)
     });
     let out = ctx.ctr(&["task", "delete", "c1"]);
@@ -189,22 +205,27 @@ fn kill_all(ctx: &Ctx) {
             "trap 'echo term' TERM; sleep 1000 & sleep 1001 & while :; do sleep 0.2; done",
         ],
     );
-    let sleepers = |arg: &str| -> Vec<u32> {
-        procfs::descendants(t.pid)
-            .into_iter()
-            .filter(|p| procfs::cmdline(*p) == ["sleep", arg])
-            .collect()
+    let sleepers = || -> (Vec<u32>, Vec<u32>) {
+        let procs = ctx.container_processes("c1", t.pid);
+        let with = |arg: &str| -> Vec<u32> {
+            procs
+                .iter()
+                .filter(|p| p.argv == ["sleep", arg])
+                .map(|p| p.pid)
+                .collect()
+        };
+        (with("1000"), with("1001"))
     };
     let before = wait_for(Duration::from_secs(10), Duration::from_millis(20), || {
-        let a = sleepers("1000");
-        let b = sleepers("1001");
+        let (a, b) = sleepers();
         (a.len() == 1 && b.len() == 1).then(|| (a[0], b[0]))
     })
     .unwrap_or_else(|| ctx.fail("the two background sleeps did not start"));
     let k = ctx.kill("c1", "SIGTERM", true, None);
     ctx.check(&k, "kill --all -s SIGTERM");
     let gone = wait_for(Duration::from_secs(10), Duration::from_millis(20), || {
-        (!procfs::alive(before.0) && !procfs::alive(before.1)).then_some(())
+        let alive = |p| ctx.container_pid_alive("c1", t.pid, p);
+        (!alive(before.0) && !alive(before.1)).then_some(())
     });
     ctx.ensure(gone.is_some(), || {
         format!("kill --all SIGTERM must reach the non-init processes {before:?}")
@@ -212,7 +233,7 @@ fn kill_all(ctx: &Ctx) {
     // The init traps TERM, so it survives.
     std::thread::sleep(Duration::from_millis(300));
     ctx.wait_status("c1", "RUNNING", Duration::from_secs(1));
-    ctx.ensure(procfs::alive(t.pid), || {
+    ctx.ensure(ctx.task_pid_alive("c1", t.pid), || {
         "the init must survive its trapped TERM".into()
     });
     let k = ctx.kill("c1", "SIGKILL", true, None);
@@ -241,9 +262,12 @@ fn pause_resume(ctx: &Ctx) {
         &[
             "sh",
             "-c",
-            "while :; do date +%s%N > /tmp/tick; sleep 0.05; done",
+            "while :; do read -r up _ < /proc/uptime; echo $up >> /tmp/ticks; sleep 0.05; done",
         ],
     );
+    if ctx.variant.is_vm() {
+        return pause_resume_in_vm(ctx);
+    }
     ctx.ctr_ok(&["task", "pause", "c1"]);
     ctx.wait_status("c1", "PAUSED", Duration::from_secs(5));
     if Path::new("/sys/fs/cgroup/freezer").is_dir() {
@@ -276,6 +300,51 @@ fn pause_resume(ctx: &Ctx) {
     ctx.kill_and_remove("c1");
 }
 
+/// [`pause_resume`] in a VM: the frozen cgroup and the init's CPU time are the guest's,
+/// invisible from the host, and nothing can be exec'd into a frozen container to look. What
+/// the container records shows it instead: its tick loop (every 50 ms) has a gap as long as
+/// the pause.
+fn pause_resume_in_vm(ctx: &Ctx) {
+    let pause = Duration::from_millis(1500);
+    wait_for(Duration::from_secs(10), Duration::from_millis(100), || {
+        (ticks(ctx).len() >= 3).then_some(())
+    })
+    .unwrap_or_else(|| ctx.fail("the tick loop did not start"));
+    ctx.ctr_ok(&["task", "pause", "c1"]);
+    ctx.wait_status("c1", "PAUSED", Duration::from_secs(5));
+    std::thread::sleep(pause);
+    ctx.wait_status("c1", "PAUSED", Duration::from_secs(1));
+    ctx.ctr_ok(&["task", "resume", "c1"]);
+    ctx.wait_status("c1", "RUNNING", Duration::from_secs(5));
+    // A few ticks after the resume.
+    std::thread::sleep(Duration::from_millis(500));
+    let ticks = ticks(ctx);
+    let gap = ticks
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .fold(0.0_f64, f64::max);
+    let frozen = 1.2;
+    ctx.ensure(gap >= frozen, || {
+        format!(
+            "paused for {pause:?}, but the container's ticks show no gap of at least {frozen} s \
+             (largest {gap:.2} s over {} ticks): it kept running",
+            ticks.len()
+        )
+    });
+    let out = ctx.exec("c1", "e1", &[], &["sh", "-c", "echo alive; sleep 0.3"]);
+    ctx.check(&out, "exec after resume");
+    ctx.ensure(out.stdout == b"alive\n", || out.describe());
+    ctx.kill_and_remove("c1");
+}
+
+/// The guest's uptimes (s) at which the container's tick loop ran.
+fn ticks(ctx: &Ctx) -> Vec<f64> {
+    ctx.sh_in("c1", "cat /tmp/ticks 2>/dev/null || true")
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
 /// `ctr task ps` lists exactly the container's processes (host pids).
 fn ps_lists_pids(ctx: &Ctx) {
     let t = ctx.run_detached(
@@ -284,6 +353,32 @@ fn ps_lists_pids(ctx: &Ctx) {
         "c1",
         &["sh", "-c", "sleep 1000 & sleep 1001 & wait"],
     );
+    if ctx.variant.is_vm() {
+        // Guest pids: the host cannot see them, and the container's own pid namespace numbers
+        // them differently. ctr task ps must list as many as the container sees, the init
+        // among them.
+        let inside = wait_for(Duration::from_secs(10), Duration::from_millis(100), || {
+            let p = ctx.container_processes("c1", t.pid);
+            (p.len() == 3).then_some(p)
+        })
+        .unwrap_or_else(|| {
+            ctx.fail(format!(
+                "expected init + 2 sleeps, the container sees {:?}",
+                ctx.container_processes("c1", t.pid)
+            ))
+        });
+        let listed = ctx.task_pids("c1");
+        let distinct: BTreeSet<u32> = listed.iter().copied().collect();
+        ctx.ensure(
+            listed.len() == inside.len() && distinct.len() == listed.len(),
+            || format!("ctr task ps lists {listed:?}, the container sees {inside:?}"),
+        );
+        ctx.ensure(listed.contains(&t.pid), || {
+            format!("ctr task ps lists {listed:?}, without the init {}", t.pid)
+        });
+        ctx.kill_and_remove("c1");
+        return;
+    }
     let host = wait_for(Duration::from_secs(10), Duration::from_millis(20), || {
         let d = procfs::descendants(t.pid);
         (d.len() == 3).then_some(d)
@@ -386,18 +481,31 @@ fn delete_leaves_nothing(ctx: &Ctx) {
             rootfs.display()
         )
     });
-    let cgroups = procfs::cgroup_dirs(&ctx.cgroup_rel(id));
-    ctx.ensure(
-        cgroups
-            .iter()
-            .any(|c| c.starts_with("/sys/fs/cgroup/memory")),
-        || {
+    // In a VM the container's cgroup is the guest's: seen from inside. Its QEMU must go with
+    // the delete.
+    let vm = ctx.variant.is_vm().then(|| ctx.vm_pid(id));
+    if ctx.variant.is_vm() {
+        let inside = ctx.cgroups_inside(id);
+        ctx.ensure(inside.contains(&ctx.cgroup_rel(id)), || {
             format!(
-                "expected the memory cgroup {} while running, found {cgroups:?}",
+                "the container should be in the guest's cgroup {}, its /proc/1/cgroup says {inside:?}",
                 ctx.cgroup_rel(id)
             )
-        },
-    );
+        });
+    } else {
+        let cgroups = procfs::cgroup_dirs(&ctx.cgroup_rel(id));
+        ctx.ensure(
+            cgroups
+                .iter()
+                .any(|c| c.starts_with("/sys/fs/cgroup/memory")),
+            || {
+                format!(
+                    "expected the memory cgroup {} while running, found {cgroups:?}",
+                    ctx.cgroup_rel(id)
+                )
+            },
+        );
+    }
 
     ctx.kill_and_remove(id);
 
@@ -410,9 +518,16 @@ fn delete_leaves_nothing(ctx: &Ctx) {
             procfs::cmdline(shim)
         )
     });
-    ctx.ensure(!procfs::alive(t.pid), || {
-        format!("init {} still alive", t.pid)
-    });
+    if let Some(vm) = vm {
+        // The init's pid is the guest's: its VM going is what shows it is gone.
+        ctx.ensure(!procfs::alive(vm), || {
+            format!("the container's QEMU {vm} still runs after delete")
+        });
+    } else {
+        ctx.ensure(!procfs::alive(t.pid), || {
+            format!("init {} still alive", t.pid)
+        });
+    }
     let mounts = procfs::mounts_under(&bundle);
     ctx.ensure(mounts.is_empty(), || {
         format!("mounts left under the bundle: {mounts:?}")
@@ -477,7 +592,7 @@ fn delete_running_fails(ctx: &Ctx) {
         format!("expected a 'must be stopped' error\n{}", out.describe())
     });
     let now = ctx.wait_status("c1", "RUNNING", Duration::from_secs(2));
-    ctx.ensure(now.pid == t.pid && procfs::alive(t.pid), || {
+    ctx.ensure(now.pid == t.pid && ctx.task_pid_alive("c1", t.pid), || {
         format!("the task must keep running with pid {}: {now:?}", t.pid)
     });
     let out = ctx.exec("c1", "e1", &[], &["sh", "-c", "echo still-here; sleep 0.3"]);
@@ -502,9 +617,13 @@ fn oci_runtime_selected(ctx: &Ctx) {
         .filter(|l| l.contains(ctx.ns.as_str()))
         .collect();
     let Some(want) = ctx.variant.oci_runtime() else {
-        // The process shim is the runtime: no runtime binary may run at all.
+        // The process shim is the runtime, and the VM shim's runtime is its guest agent: no
+        // runtime binary may run on the host at all.
         ctx.ensure(calls.is_empty(), || {
-            format!("the process shim ran a runtime binary: {calls:#?}")
+            format!(
+                "{} ran a runtime binary on the host: {calls:#?}",
+                ctx.variant.name()
+            )
         });
         return;
     };
