@@ -5,7 +5,6 @@ use std::time::Duration;
 use serde_json::Value;
 use shim_e2e::cmd;
 use shim_e2e::events::EventWatcher;
-use shim_e2e::procfs;
 use shim_e2e::util::wait_for;
 use shim_e2e::{Ctx, IMAGE};
 
@@ -72,12 +71,13 @@ fn criu_works() -> bool {
 }
 
 /// Where `criu check` fails (this machine's kernel), `ctr c checkpoint
-/// --task` fails; our shim says why (CRIU, `criu check`) and the container
-/// keeps running. Where CRIU works: a checkpoint/restore round trip.
+/// --task` fails; our OCI shim says why (CRIU, `criu check`), the process
+/// and VM shims answer Unimplemented, and the container keeps running. Where CRIU works: a checkpoint/restore round trip.
 fn checkpoint(ctx: &Ctx) {
     let id = "c1";
     let image = format!("harness.local/checkpoint-{}:1", ctx.ns);
-    if criu_works() {
+    // The host's CRIU means nothing to the VM shim: it always answers Unimplemented.
+    if !ctx.variant.is_vm() && criu_works() {
         return checkpoint_round_trip(ctx, id, &image);
     }
     let t = ctx.run_sleeper(id);
@@ -88,14 +88,16 @@ fn checkpoint(ctx: &Ctx) {
             out.describe()
         )
     });
-    if ctx.variant.is_process() {
-        // The process shim has no CRIU path at all: Unimplemented, as the contract says.
+    if ctx.variant.is_process() || ctx.variant.is_vm() {
+        // The process shim has no CRIU path at all, nor has the VM shim (CRIU would have to
+        // run in the guest, which has none): Unimplemented, as the contract says.
         let err = out.stderr_str();
         ctx.ensure(
             err.contains("not supported") || err.contains("not implemented"),
             || {
                 format!(
-                    "the process shim should answer Unimplemented\n{}",
+                    "{} should answer Unimplemented\n{}",
+                    ctx.variant.name(),
                     out.describe()
                 )
             },
@@ -108,8 +110,10 @@ fn checkpoint(ctx: &Ctx) {
                 out.describe()
             )
         });
+    }
+    if ctx.variant.is_ours() {
         let now = ctx.wait_status(id, "RUNNING", Duration::from_secs(5));
-        ctx.ensure(now.pid == t.pid && procfs::alive(t.pid), || {
+        ctx.ensure(now.pid == t.pid && ctx.task_pid_alive(id, t.pid), || {
             format!(
                 "the container must keep running after the failed checkpoint: {now:?}, init {}",
                 t.pid
@@ -164,7 +168,8 @@ fn checkpoint_round_trip(ctx: &Ctx, id: &str, image: &str) {
 }
 
 /// `ctr plugins inspect-runtime` (ctr 2.x only) makes containerd run the
-/// shim's `-info`: our shim answers `io.containerd.oci.v1`, the reference
+/// shim's `-info`: our shims answer `io.containerd.oci.v1`,
+/// `io.containerd.process.v1` and `io.containerd.vm.v1`, the reference
 /// `io.containerd.runc.v2`.
 fn inspect_runtime(ctx: &Ctx) {
     if !ctx.containerd_version().is_2x() {
@@ -187,6 +192,8 @@ fn inspect_runtime(ctx: &Ctx) {
     });
     let want = if ctx.variant.is_process() {
         "io.containerd.process.v1"
+    } else if ctx.variant.is_vm() {
+        "io.containerd.vm.v1"
     } else if ctx.variant.is_ours() {
         "io.containerd.oci.v1"
     } else {

@@ -22,6 +22,7 @@ fn pod_shares_one_shim(ctx: &Ctx) {
     let a = ctx.run_detached(&["--annotation", ann], IMAGE, "c1", &sleep);
     let b = ctx.run_detached(&["--annotation", ann], IMAGE, "c2", &sleep);
     let shim = ctx.shim_pid("c1");
+    let vm = ctx.variant.is_vm().then(|| ctx.vm_pid("c1"));
     let others = procfs::shim_pids(&ctx.ns, "c2");
     ctx.ensure(others.is_empty(), || {
         format!(
@@ -32,13 +33,26 @@ fn pod_shares_one_shim(ctx: &Ctx) {
                 .collect::<Vec<_>>()
         )
     });
-    for (id, pid) in [("c1", a.pid), ("c2", b.pid)] {
-        let parent = procfs::ppid(pid);
-        ctx.ensure(parent == Some(shim), || {
-            format!(
-                "the init of {id} (pid {pid}) has parent {parent:?}, not the group's shim {shim}"
-            )
+    if ctx.variant.is_vm() {
+        // The inits are guest processes; what shows they are the shim's is its one VM, which
+        // both containers run in (the same kernel boot).
+        let vms = ctx.qemu_children(shim);
+        ctx.ensure(vms.len() == 1, || {
+            format!("the group's shim {shim} should run one VM, its QEMU children are {vms:?}")
         });
+        let (id1, id2) = (ctx.boot_id("c1"), ctx.boot_id("c2"));
+        ctx.ensure(id1 == id2, || {
+            format!("c1 and c2 should share one VM, their boot ids are {id1} and {id2}")
+        });
+    } else {
+        for (id, pid) in [("c1", a.pid), ("c2", b.pid)] {
+            let parent = procfs::ppid(pid);
+            ctx.ensure(parent == Some(shim), || {
+                format!(
+                    "the init of {id} (pid {pid}) has parent {parent:?}, not the group's shim {shim}"
+                )
+            });
+        }
     }
     let addr1 = ctx.shim_address("c1");
     let addr2 = ctx.shim_address("c2");
@@ -65,7 +79,7 @@ fn pod_shares_one_shim(ctx: &Ctx) {
         format!("the group's shim {shim} exited while c2 still runs")
     });
     let now = ctx.wait_status("c2", "RUNNING", Duration::from_secs(2));
-    ctx.ensure(now.pid == b.pid && procfs::alive(b.pid), || {
+    ctx.ensure(now.pid == b.pid && ctx.task_pid_alive("c2", b.pid), || {
         format!("c2 should still run with pid {}: {now:?}", b.pid)
     });
     let out = ctx.exec("c2", "e1", &[], &["sh", "-c", "echo still-here; sleep 0.3"]);
@@ -85,6 +99,11 @@ fn pod_shares_one_shim(ctx: &Ctx) {
             procfs::cmdline(shim)
         )
     });
+    if let Some(vm) = vm {
+        ctx.ensure(!procfs::alive(vm), || {
+            format!("the group's VM (QEMU {vm}) still runs after both containers were deleted")
+        });
+    }
     let gone = wait_for(Duration::from_secs(5), Duration::from_millis(50), || {
         (!Path::new(&socket).exists()).then_some(())
     });

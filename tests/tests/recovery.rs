@@ -49,7 +49,19 @@ fn shim_killed(ctx: &Ctx) {
     });
     let memory_cg =
         Path::new("/sys/fs/cgroup/memory").join(ctx.cgroup_rel(id).trim_start_matches('/'));
-    let check_cgroup = Path::new("/sys/fs/cgroup/memory").is_dir();
+    // A VM's container is in the guest's cgroup (none on the host), and its init is a guest
+    // process: its QEMU is what must not survive.
+    let check_cgroup = Path::new("/sys/fs/cgroup/memory").is_dir() && !ctx.variant.is_vm();
+    let vm = ctx.variant.is_vm().then(|| ctx.vm_pid(id));
+    if ctx.variant.is_vm() {
+        let inside = ctx.cgroups_inside(id);
+        ctx.ensure(inside.contains(&ctx.cgroup_rel(id)), || {
+            format!(
+                "the container should be in the guest's cgroup {}, its /proc/1/cgroup says {inside:?}",
+                ctx.cgroup_rel(id)
+            )
+        });
+    }
     if check_cgroup {
         ctx.ensure(memory_cg.is_dir(), || {
             format!("{} should exist while running", memory_cg.display())
@@ -88,7 +100,9 @@ fn shim_killed(ctx: &Ctx) {
     // the background: give it a few seconds, then report what is left.
     let leftovers = || {
         let mut left = Vec::new();
-        if procfs::alive(t.pid) {
+        if let Some(vm) = vm.filter(|p| procfs::alive(*p)) {
+            left.push(format!("the container's VM (QEMU {vm})"));
+        } else if vm.is_none() && procfs::alive(t.pid) {
             left.push(format!(
                 "the container's init {} ({:?})",
                 t.pid,

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use shim_e2e::procfs;
 use shim_e2e::util::{wait_for, RemoveOnDrop};
-use shim_e2e::{ContainerdVersion, Ctx, PrivateContainerd};
+use shim_e2e::{ContainerdVersion, Ctx, PrivateContainerd, IMAGE};
 
 shim_e2e::exclusive_scenarios! {
     containerd_restart,
@@ -40,12 +40,36 @@ impl Drop for Revive<'_> {
 ///   for it, and its shim exits. The reference Go shim shows exactly this.
 ///
 /// Both shims exit once their task is gone.
+///
+/// In a VM the host cannot signal the init (a guest process, its pid the
+/// guest's) and no exec runs while containerd is down: c1's init ends itself
+/// with the same status, 137, when the host drops a file into its rootfs
+/// (which the guest sees over the VM's share).
 fn containerd_restart(ctx: &Ctx) {
     let d = ctx.daemon;
-    let a = ctx.run_sleeper("c1");
+    let vm = ctx.variant.is_vm();
+    let a = if vm {
+        ctx.run_detached(
+            &[],
+            IMAGE,
+            "c1",
+            &[
+                "sh",
+                "-c",
+                "until [ -e /tmp/die ]; do sleep 0.1; done; touch /tmp/dead; exit 137",
+            ],
+        )
+    } else {
+        ctx.run_sleeper("c1")
+    };
     let b = ctx.run_sleeper("c2");
     let shim_a = ctx.shim_pid("c1");
     let shim_b = ctx.shim_pid("c2");
+    let vms = if vm {
+        vec![ctx.vm_pid("c1"), ctx.vm_pid("c2")]
+    } else {
+        Vec::new()
+    };
 
     // Go shims may leave sockets in /run/containerd/s (2.1's when containerd
     // deletes a leaked shim): removed at the end.
@@ -65,26 +89,43 @@ fn containerd_restart(ctx: &Ctx) {
     ctx.ensure(old_pid.is_some_and(|p| !procfs::alive(p)), || {
         format!("containerd {old_pid:?} still alive after stop")
     });
-    // The shims and containers outlive containerd.
-    for (what, pid) in [
-        ("shim of c1", shim_a),
-        ("shim of c2", shim_b),
-        ("init of c1", a.pid),
-        ("init of c2", b.pid),
-    ] {
+    // The shims and containers (for a VM: their VMs) outlive containerd.
+    let mut survivors = vec![("shim of c1", shim_a), ("shim of c2", shim_b)];
+    if vm {
+        survivors.extend([("VM of c1", vms[0]), ("VM of c2", vms[1])]);
+    } else {
+        survivors.extend([("init of c1", a.pid), ("init of c2", b.pid)]);
+    }
+    for (what, pid) in survivors {
         ctx.ensure(procfs::alive(pid), || {
             format!("{what} (pid {pid}) died with containerd")
         });
     }
-    unsafe {
-        libc::kill(a.pid as i32, libc::SIGKILL);
+    if vm {
+        let rootfs_tmp = ctx.bundle("c1").join("rootfs/tmp");
+        if let Err(e) = std::fs::write(rootfs_tmp.join("die"), b"") {
+            ctx.fail(format!("writing {}/die: {e}", rootfs_tmp.display()));
+        }
+        let gone = wait_for(Duration::from_secs(10), Duration::from_millis(20), || {
+            rootfs_tmp.join("dead").exists().then_some(())
+        });
+        ctx.ensure(gone.is_some(), || {
+            format!(
+                "init of c1 did not reach its exit after {}/die appeared",
+                rootfs_tmp.display()
+            )
+        });
+    } else {
+        unsafe {
+            libc::kill(a.pid as i32, libc::SIGKILL);
+        }
+        let gone = wait_for(Duration::from_secs(10), Duration::from_millis(20), || {
+            (!procfs::alive(a.pid)).then_some(())
+        });
+        ctx.ensure(gone.is_some(), || {
+            format!("init of c1 (pid {}) survived SIGKILL", a.pid)
+        });
     }
-    let gone = wait_for(Duration::from_secs(10), Duration::from_millis(20), || {
-        (!procfs::alive(a.pid)).then_some(())
-    });
-    ctx.ensure(gone.is_some(), || {
-        format!("init of c1 (pid {}) survived SIGKILL", a.pid)
-    });
     // Let the shim notice the exit while nobody listens to its events.
     std::thread::sleep(Duration::from_millis(500));
     let log_from = d.log_offset();
@@ -162,6 +203,11 @@ fn containerd_restart(ctx: &Ctx) {
                 "the shim of {id} (pid {shim}, argv {:?}) still runs after its task was deleted",
                 procfs::cmdline(shim)
             )
+        });
+    }
+    for (id, vm) in ["c1", "c2"].into_iter().zip(vms) {
+        ctx.ensure(!procfs::alive(vm), || {
+            format!("the VM of {id} (QEMU {vm}) still runs after its task was deleted")
         });
     }
     for id in ["c1", "c2"] {
