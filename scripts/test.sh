@@ -10,6 +10,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 cargo build --workspace --bins
+# The VM shim's guest image (kernel from apt, modules, the static agent) in target/guest, where
+# the e2e vm variants look for it (E2E_VM_IMAGE elsewhere); rebuilt only when its inputs changed.
+scripts/build-guest.sh
 # The shims under test are the ones just built, never an older build of another profile.
 export SHIM_BIN_DIR="$PWD/target/debug"
 threads="${TEST_THREADS:-4}"
