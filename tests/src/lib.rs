@@ -3,7 +3,9 @@
 //! Every test talks to a REAL private containerd (one per test binary, shared
 //! by its tests, each test in its own namespace) through `ctr`, and runs once
 //! per shim variant (see [`Variant`]): containerd's reference Go shim and our
-//! OCI shim selected by name or by path, with runc or crun.
+//! OCI shim selected by name or by path, with runc or crun, our process shim and our VM
+//! shim (containers in QEMU micro-VMs; see `Ctx`'s container view for what a
+//! scenario checks inside the guest instead of on the host).
 //!
 //! The exception is [`direct`]: it plays containerd itself against one shim
 //! binary over raw ttrpc; the shim crates' protocol tests
@@ -18,7 +20,7 @@
 //!
 //! Environment:
 //! * `E2E_RUNTIMES=runc-v2-reference,oci-runc-name,...` selects variants
-//!   (default: all five); the others pass trivially, printing `SKIP`.
+//!   (default: all); the others pass trivially, printing `SKIP`.
 //! * `SHIM_BIN_DIR` is where our `containerd-shim-oci-v1` is; default: the
 //!   workspace's `target/release`, then `target/debug`.
 //! * `E2E_CRUN_BINARY` / `E2E_RUNC_BINARY` change the `binary` written to the
