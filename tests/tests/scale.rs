@@ -145,7 +145,14 @@ fn twenty_containers(ctx: &Ctx) {
 /// 64 MiB on stdout arrive complete and in order (unique lines from `seq`).
 fn stdout_64mib(ctx: &Ctx) {
     let _slot = heavy();
-    let len = 64 * MIB;
+    // In a VM under software emulation `seq` itself makes only about 1 MiB/s (64 MiB took two
+    // minutes end to end), so 4 MiB keep CI time; completeness and order are checked the same
+    // way.
+    let len = if ctx.variant.is_vm() {
+        4 * MIB
+    } else {
+        64 * MIB
+    };
     let started = Instant::now();
     let out = ctx.ctr_timeout(
         Duration::from_secs(180),
@@ -160,8 +167,12 @@ fn stdout_64mib(ctx: &Ctx) {
             ],
         ),
     );
-    eprintln!("64 MiB through stdout in {:.1?}", started.elapsed());
-    ctx.check(&out, "64 MiB run");
+    eprintln!(
+        "{} MiB through stdout in {:.1?}",
+        len / MIB,
+        started.elapsed()
+    );
+    ctx.check(&out, "big stdout run");
     let expected = seq_output(1, len);
     ctx.ensure(out.stdout == expected, || {
         format!(
@@ -181,7 +192,12 @@ fn stdout_64mib(ctx: &Ctx) {
 /// apart, complete and in order.
 fn stdout_and_stderr_16mib(ctx: &Ctx) {
     let _slot = heavy();
-    let len = 16 * MIB;
+    // 2 + 2 MiB from a VM, for the guest's slow `seq` noted in `stdout_64mib`.
+    let len = if ctx.variant.is_vm() {
+        2 * MIB
+    } else {
+        16 * MIB
+    };
     let script = format!(
         "seq 1 100000000 | head -c {len} & seq 500000000 600000000 | head -c {len} >&2; wait; sleep 1"
     );
@@ -189,7 +205,7 @@ fn stdout_and_stderr_16mib(ctx: &Ctx) {
         Duration::from_secs(180),
         &ctx.run_args(&["--rm"], IMAGE, "c1", &["sh", "-c", &script]),
     );
-    ctx.check(&out, "16+16 MiB run");
+    ctx.check(&out, "stdout + stderr run");
     let want_out = seq_output(1, len);
     let want_err = seq_output(500_000_000, len);
     ctx.ensure(out.stdout == want_out, || {
