@@ -25,6 +25,10 @@ pub struct RuntimeContext {
     /// The daemon's waitpid loop: spawn children through it, never `wait` on them directly.
     pub reaper: Arc<Reaper>,
     pub debug: bool,
+    /// The daemon's ttrpc socket. It lives in the first bundle, or beside containerd's state
+    /// when it must outlive that bundle (a pod's shim): a runtime with state of its own that
+    /// serves the whole pod (a VM) keeps it beside the socket for the same reason.
+    pub socket: PathBuf,
 }
 
 /// One container as the runtime sees it. Built by the framework at Create.

@@ -364,6 +364,7 @@ fn serve<R: Runtime>(args: &Args) -> Result<()> {
             namespace: args.namespace.clone(),
             reaper,
             debug: args.debug,
+            socket: socket_path.clone(),
         })?);
         let publisher = Publisher::start(ttrpc_address, args.namespace.clone());
         let service = TaskService::new(runtime, publisher.clone(), args.namespace.clone());

@@ -50,6 +50,8 @@ const OUTPUT_GRACE: Duration = Duration::from_secs(5);
 struct Persisted {
     init_pid: u32,
     qemu_pid: u32,
+    /// The shim that started QEMU: while it lives, QEMU is its child and not ours to kill.
+    shim_pid: u32,
     run_dir: PathBuf,
     /// Host mount points of this container under the share, to unmount.
     mounts: Vec<PathBuf>,
@@ -80,6 +82,7 @@ struct Guest {
 
 struct Inner {
     reaper: Arc<Reaper>,
+    socket: PathBuf,
     /// Guest exits, kept apart from the daemon's host children.
     exits: Arc<Reaper>,
     sandbox: tokio::sync::Mutex<Option<Arc<Sandbox>>>,
@@ -151,6 +154,13 @@ fn bind(src: &Path, dst: &Path) -> Result<()> {
     })
 }
 
+/// The parent pid of `pid`, from /proc.
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
 fn unmount(path: &Path) {
     use nix::mount::{umount2, MntFlags};
     // Detached: a guest file still open through 9p must not keep the host mount busy.
@@ -210,7 +220,16 @@ impl Inner {
 
     async fn boot(&self, c: &ContainerInfo, settings: &VmSettings) -> Result<Sandbox> {
         let (kernel, initrd) = settings.guest_files()?;
-        let run_dir = c.bundle.path().join(RUN_DIR);
+        // A pod's VM outlives its first container's bundle, which containerd removes (with
+        // everything mounted below it) as soon as that container is deleted: it then lives
+        // beside the pod's socket instead, which is kept apart for the same reason.
+        let run_dir = if self.socket.starts_with(c.bundle.path()) {
+            c.bundle.path().join(RUN_DIR)
+        } else {
+            let mut p = self.socket.clone().into_os_string();
+            p.push(".vm");
+            PathBuf::from(p)
+        };
         let share = run_dir.join(SHARE_DIR);
         std::fs::create_dir_all(&share).map_err(|e| Error::path("creating", &share, e))?;
         let mut config = VmConfig::new(kernel, initrd, run_dir.clone());
@@ -238,9 +257,10 @@ impl Inner {
             Error::Runtime(format!("starting the VM: {e}"))
         })?;
         log::info!(
-            "VM up ({}) in {:.0?}, QEMU pid {}",
+            "VM for {} up ({}) in {} ms, QEMU pid {}",
+            c.id,
             booted.accel.as_str(),
-            booted.vm.started.elapsed(),
+            booted.vm.started.elapsed().as_millis(),
             booted.vm.pid()
         );
         Ok(Sandbox {
@@ -445,6 +465,7 @@ impl VmRuntime {
         let p = Persisted {
             init_pid,
             qemu_pid: sandbox.vm.pid(),
+            shim_pid: std::process::id(),
             run_dir: sandbox.run_dir.clone(),
             mounts: g.mounts.clone(),
             share_dir: g.share_dir.clone(),
@@ -546,6 +567,7 @@ impl Runtime for VmRuntime {
         Ok(VmRuntime {
             inner: Arc::new(Inner {
                 reaper: ctx.reaper,
+                socket: ctx.socket,
                 exits: Reaper::channel(),
                 sandbox: tokio::sync::Mutex::new(None),
                 guests: Mutex::new(HashMap::new()),
@@ -761,24 +783,28 @@ impl Runtime for VmRuntime {
         };
         let p: Persisted = serde_json::from_slice(&data)
             .map_err(|e| Error::Other(format!("reading {STATE_FILE}: {e}")))?;
-        // Only the QEMU of this VM: a recycled pid runs somewhere else.
+        // Only the QEMU of this VM (a recycled pid runs somewhere else), and only once its
+        // shim is gone: `shim delete` also runs after a failed Create of a pod's later
+        // container, while the VM still serves the others.
         let cwd = std::fs::read_link(format!("/proc/{}/cwd", p.qemu_pid)).ok();
-        if p.qemu_pid > 0 && cwd.as_deref() == Some(p.run_dir.as_path()) {
+        let orphaned = parent_of(p.qemu_pid).is_some_and(|pp| pp != p.shim_pid);
+        let ours = p.qemu_pid > 0 && cwd.as_deref() == Some(p.run_dir.as_path());
+        if ours && orphaned {
             // SAFETY: plain syscall; the pid was checked to be this VM's QEMU just above.
             unsafe { libc::kill(p.qemu_pid as i32, libc::SIGKILL) };
-        }
-        for m in p.mounts.iter().rev() {
-            unmount(m);
-        }
-        remove_share_dir(&p.share_dir);
-        if p.run_dir.starts_with(bundle.path()) {
-            // Give the killed QEMU a moment to release its sockets before they are removed.
             for _ in 0..50 {
                 if !Path::new(&format!("/proc/{}", p.qemu_pid)).exists() {
                     break;
                 }
                 std::thread::sleep(Duration::from_millis(10));
             }
+        }
+        for m in p.mounts.iter().rev() {
+            unmount(m);
+        }
+        remove_share_dir(&p.share_dir);
+        if !ours || orphaned {
+            // Only what is empty goes: the share of a VM that still serves others stays.
             remove_run_dir(&p.run_dir);
         }
         bundle.remove_file(STATE_FILE);

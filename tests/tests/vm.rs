@@ -112,10 +112,15 @@ fn vm_pod_shares_one_vm(ctx: &Ctx) {
         .state
         .join("io.containerd.runtime.v2.task")
         .join(&ctx.ns);
+    let mut ns_shims = procfs::shim_pids(&ctx.ns, "c1");
+    ns_shims.extend(procfs::shim_pids(&ctx.ns, "c2"));
     let all_vms: Vec<(u32, Option<u32>)> = procfs::qemu_pids()
         .into_iter()
         .filter(|p| {
+            // A VM of this namespace: in a bundle of it, or (a pod's VM, which runs beside
+            // the pod's socket) a child of one of its shims.
             procfs::cwd(*p).is_some_and(|c| c.starts_with(&tasks))
+                || procfs::ppid(*p).is_some_and(|pp| ns_shims.contains(&pp))
                 || procfs::cmdline(*p).iter().any(|a| a.contains(&ctx.ns))
         })
         .map(|p| (p, procfs::ppid(p)))
@@ -169,10 +174,21 @@ fn vm_pod_shares_one_vm(ctx: &Ctx) {
         ctx.ensure(!Path::new(s).exists(), || {
             format!("the pod's shim socket {s} is left behind")
         });
+        let run_dir = format!("{s}.vm");
+        ctx.ensure(!Path::new(&run_dir).exists(), || {
+            format!("the pod's VM directory {run_dir} is left behind")
+        });
     }
     let left: Vec<_> = our_sockets(ctx)
         .into_iter()
         .filter(|s| !sockets_before.contains(s))
+        // Other tests run their own pods meanwhile: only this pod's socket and VM count.
+        .filter(|s| {
+            socket.as_deref().is_some_and(|own| {
+                s.to_string_lossy()
+                    .starts_with(own.trim_start_matches("unix://"))
+            })
+        })
         .collect();
     ctx.ensure(left.is_empty(), || {
         format!("sockets left under containerd's state dir: {left:?}")
