@@ -55,6 +55,8 @@ pub enum StateKind {
     /// The process shim is the runtime: `<bundle>/process-state.json` (init pid and cgroup
     /// path, for `shim delete`) and the container's cgroup.
     ProcessState,
+    /// The VM shim: `<bundle>/vm-state.json` (guest init pid, QEMU pid, the VM's directory).
+    VmState,
 }
 
 /// A shim binary under test.
@@ -86,6 +88,21 @@ impl Shim {
         }
     }
 }
+
+impl Shim {
+    /// `containerd-shim-vm-v1`: containers in a QEMU micro-VM; the pids it reports are the
+    /// guest's.
+    pub const fn vm(binary: &'static str) -> Shim {
+        Shim {
+            binary,
+            runtime_name: "io.containerd.vm.v1",
+            state: StateKind::VmState,
+        }
+    }
+}
+
+/// The VM shim's record of a container (`vm-state.json`).
+pub const VM_STATE_FILE: &str = "vm-state.json";
 
 /// The process shim's record of a container (`process-state.json`).
 pub const PROCESS_STATE_FILE: &str = "process-state.json";
@@ -842,13 +859,38 @@ impl Env {
 
     // ---- the runtime's state, by shim -------------------------------------------------------
 
+    /// Whether the container of init `pid` still runs. A VM's pids are the guest's, invisible
+    /// to the host: there the question is whether a VM of this test still runs.
+    pub fn init_alive(&self, pid: u32) -> bool {
+        if self.shim.state != StateKind::VmState {
+            return pid_alive(pid);
+        }
+        let Ok(dir) = fs::read_dir("/proc") else {
+            return false;
+        };
+        dir.flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|p| pid_alive(*p))
+            .any(|p| {
+                fs::read_link(format!("/proc/{p}/cwd"))
+                    .is_ok_and(|c| c.starts_with(self.dir.path()))
+                    && fs::read_link(format!("/proc/{p}/exe"))
+                        .is_ok_and(|e| e.to_string_lossy().contains("qemu-system"))
+            })
+    }
+
     /// The init pid the runtime recorded in the bundle for `shim delete`.
     pub fn recorded_init_pid(&self, id: &str) -> Option<u32> {
         let bundle = self.bundle_path(id);
         match self.shim.state {
             StateKind::OciRoot => read_pid(&bundle.join("init.pid")),
-            StateKind::ProcessState => {
-                let data = fs::read(bundle.join(PROCESS_STATE_FILE)).ok()?;
+            StateKind::ProcessState | StateKind::VmState => {
+                let file = if self.shim.state == StateKind::VmState {
+                    VM_STATE_FILE
+                } else {
+                    PROCESS_STATE_FILE
+                };
+                let data = fs::read(bundle.join(file)).ok()?;
                 let v: serde_json::Value = serde_json::from_slice(&data).ok()?;
                 v["init_pid"].as_u64().map(|p| p as u32)
             }
@@ -865,6 +907,7 @@ impl Env {
                 bundle.join(PROCESS_STATE_FILE).exists()
                     || !cgroup_dirs(&self.cgroup_path(id)).is_empty()
             }
+            StateKind::VmState => bundle.join(VM_STATE_FILE).exists() || bundle.join("vm").exists(),
         }
     }
 
@@ -901,6 +944,24 @@ impl Env {
                     cgroup_dirs(&cgroup),
                     cgroup_pids(&cgroup)
                 );
+            }
+            StateKind::VmState => {
+                assert!(
+                    !bundle.join(VM_STATE_FILE).exists(),
+                    "`shim delete` left {}",
+                    bundle.join(VM_STATE_FILE).display()
+                );
+                assert!(
+                    !bundle.join("vm").exists(),
+                    "`shim delete` left the VM's directory {}",
+                    bundle.join("vm").display()
+                );
+                let vm = bundle.join("vm");
+                let mounts: Vec<_> = mount_points()
+                    .into_iter()
+                    .filter(|m| m.starts_with(&vm))
+                    .collect();
+                assert!(mounts.is_empty(), "`shim delete` left mounts {mounts:?}");
             }
         }
     }
