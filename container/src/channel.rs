@@ -85,9 +85,34 @@ fn send_raw(sock: RawFd, data: &[u8], fd: Option<RawFd>) -> nix::Result<()> {
     sendmsg::<()>(sock, &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None).map(drop)
 }
 
+/// The length of the next datagram, without taking it (0 on EOF). Asking the kernel keeps the
+/// runtime's long-lived daemon from allocating (and keeping in its heap) a buffer sized for the
+/// largest message on every receive.
+fn next_len(sock: RawFd) -> nix::Result<usize> {
+    let mut byte = [0u8; 1];
+    // SAFETY: recv into a valid one-byte buffer; MSG_TRUNC makes it return the datagram's real
+    // length, MSG_PEEK leaves the datagram (and any fd riding with it) queued.
+    let n = unsafe {
+        libc::recv(
+            sock,
+            byte.as_mut_ptr().cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_TRUNC,
+        )
+    };
+    if n < 0 {
+        return Err(nix::errno::Errno::last());
+    }
+    Ok(n as usize)
+}
+
 /// Receives one datagram: `Ok(None)` on EOF (the peer closed, e.g. by exec'ing).
 fn recv_raw(sock: RawFd) -> nix::Result<Option<(Vec<u8>, Option<OwnedFd>)>> {
-    let mut buf = vec![0u8; MAX_MESSAGE];
+    let len = next_len(sock)?;
+    if len == 0 {
+        return Ok(None);
+    }
+    let mut buf = vec![0u8; len.min(MAX_MESSAGE)];
     let mut space = nix::cmsg_space!([RawFd; 1]);
     let (n, fd) = {
         let mut iov = [IoSliceMut::new(&mut buf)];

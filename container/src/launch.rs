@@ -3,12 +3,14 @@
 //! console, and later tell it to start.
 
 use std::future::Future;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use oci_spec::runtime::Spec;
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
 
 use crate::cgroups::Cgroup;
 use crate::channel::{self, AsyncChannel, Message};
@@ -57,20 +59,39 @@ async fn finish(ch: &AsyncChannel) -> Result<()> {
     }
 }
 
+/// A pidfd of `pid` (readable once it exited), or None when the kernel has none or the process
+/// is already gone.
+fn pidfd(pid: u32) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags; on success it returns a new fd we own.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    // SAFETY: a non-negative return is a fresh descriptor (pidfds are close-on-exec).
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
 /// Waits (briefly) until the setup process is out of the container's cgroup. It joined the
 /// cgroup so that the container's process is born in it, and it exits as soon as it reported
 /// that pid; but its exit closes its end of the channel before the kernel takes it out of the
 /// cgroup, so without this an exec's Start could return while the setup process still shows up
-/// among the container's processes (in Pids, for one).
-async fn setup_left(cgroup: Option<&Cgroup>, setup_pid: u32) {
+/// among the container's processes (in Pids, for one). Its pidfd turns readable only after the
+/// kernel took it out of the cgroup, so that is waited for instead of polling the cgroup.
+async fn setup_left(cgroup: Option<&Cgroup>, setup_pid: u32, exited: Option<OwnedFd>) {
     let Some(cg) = cgroup else { return };
-    for _ in 0..400 {
-        match cg.pids() {
-            Ok(pids) if pids.contains(&setup_pid) => {
-                tokio::time::sleep(std::time::Duration::from_millis(5)).await
-            }
-            _ => return,
+    let still_in = || matches!(cg.pids(), Ok(pids) if pids.contains(&setup_pid));
+    if !still_in() {
+        return;
+    }
+    if let Some(fd) = exited {
+        // SAFETY: the AsyncFd owns the pidfd for as long as it is registered.
+        if let Ok(afd) = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) } {
+            let limit = std::time::Duration::from_secs(2);
+            let _ = tokio::time::timeout(limit, afd.readable()).await;
         }
+    }
+    for _ in 0..400 {
+        if !still_in() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await
     }
     log::warn!("the setup process {setup_pid} is still in the container's cgroup");
 }
@@ -140,7 +161,9 @@ impl Launcher {
         let is_exec = !matches!(config.mode, crate::init::SetupMode::Create);
         let (child, ch) = self.spawn(io)?;
         let setup_pid = child.id();
-        // Reaped by the runtime's own loop (a child subreaper), never waited on here.
+        // Opened while it certainly exists (it waits for its config): it is never waited on
+        // here, the runtime's own loop (a child subreaper) reaps it.
+        let mut exited = pidfd(setup_pid);
         drop(child);
         ch.send(&Message::Config(Box::new(config))).await?;
         let mut hooks = Some(on_namespaces_ready);
@@ -152,7 +175,7 @@ impl Launcher {
                 // An exec's setup ends by exec'ing: that is success once the pid is known.
                 if is_exec {
                     if let Some(pid) = pid {
-                        setup_left(cgroup, setup_pid).await;
+                        setup_left(cgroup, setup_pid, exited.take()).await;
                         return Ok(Launched {
                             pid,
                             console,
@@ -193,7 +216,7 @@ impl Launcher {
                 Message::Failed { message } => return Err(Error::Setup(message)),
                 Message::Created => {
                     let pid = pid.ok_or_else(|| Error::Protocol("created before pid".into()))?;
-                    setup_left(cgroup, setup_pid).await;
+                    setup_left(cgroup, setup_pid, exited.take()).await;
                     return Ok(Launched {
                         pid,
                         console,

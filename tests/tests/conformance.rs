@@ -24,6 +24,7 @@ shim_e2e::scenarios! {
     conf_cgroup_memory,
     conf_hooks,
     conf_joined_netns,
+    conf_userns,
 }
 
 /// Time bound for one `ctr run --config`.
@@ -127,6 +128,11 @@ fn run_row(ctx: &Ctx, row: &Row) {
 /// Run `row` with runc and ours, check both and compare; the problems found.
 fn row_problems(ctx: &Ctx, row: &Row) -> Vec<String> {
     let root = rootfs_copy(ctx);
+    row_problems_in(ctx, row, &root)
+}
+
+/// [`row_problems`] with the rootfs at `root`.
+fn row_problems_in(ctx: &Ctx, row: &Row, root: &std::path::Path) -> Vec<String> {
     let reference = vec!["--runtime".to_string(), REFERENCE.to_string()];
     let ours = ctx.rt.ctr_args();
     let mut outputs = Vec::new();
@@ -135,7 +141,7 @@ fn row_problems(ctx: &Ctx, row: &Row) -> Vec<String> {
             id: format!("{}-{who}", row.name),
             who,
         };
-        let mut spec = base_spec(ctx, &root, &env.id, row.script);
+        let mut spec = base_spec(ctx, root, &env.id, row.script);
         (row.mutate)(&mut spec, &env);
         let out = run_spec(ctx, rt, &env.id, &spec);
         let text = out.stdout_str();
@@ -585,4 +591,88 @@ fn conf_joined_netns(ctx: &Ctx) {
     if let Err(e) = result {
         std::panic::resume_unwind(e);
     }
+}
+
+/// A new user namespace with uid and gid mappings: root inside is an unprivileged uid outside.
+/// Every other namespace is created after it, so it owns them (sysfs, mqueue and proc mount in
+/// it). The host's files are not remapped, so inside they belong to the overflow uid, and root
+/// inside cannot write where only the host's root may.
+///
+/// The mapped root must reach its rootfs: the harness's directories are private to the host's
+/// root (0700), which the container's root is not, so this row's rootfs copy lives in a
+/// directory of its own that others may traverse (the busybox files themselves are
+/// world-readable).
+fn conf_userns(ctx: &Ctx) {
+    if !process_only(ctx, "conf_userns") {
+        return;
+    }
+    const HOST_ID: u32 = 100_000;
+    const SIZE: u32 = 65_536;
+    let open = tempfile::Builder::new()
+        .prefix("conf-userns-")
+        .tempdir()
+        .expect("creating the user namespace row's directory");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(open.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("opening the row's directory to others");
+    }
+    let root = open.path().join("rootfs");
+    let cp = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&ctx.daemon.image.rootfs)
+        .arg(&root)
+        .status()
+        .expect("running cp");
+    assert!(cp.success(), "copying the rootfs to {}", root.display());
+    let map = json!([{ "containerID": 0, "hostID": HOST_ID, "size": SIZE }]);
+    let want_map = format!("0 {HOST_ID} {SIZE}");
+    run_row_in(
+        ctx,
+        &Row {
+            name: "userns",
+            mutate: &|s, _| {
+                s["linux"]["namespaces"]
+                    .as_array_mut()
+                    .expect("namespaces")
+                    .push(json!({ "type": "user" }));
+                s["linux"]["uidMappings"] = map.clone();
+                s["linux"]["gidMappings"] = map.clone();
+            },
+            script:
+                "echo uid_map $(cat /proc/self/uid_map); echo gid_map $(cat /proc/self/gid_map); \
+                     echo id=$(id -u):$(id -g); echo busybox=$(stat -c %u:%g /bin/busybox); \
+                     touch /etc/userns-probe; echo touch=$?; \
+                     echo sys=$(ls /sys/kernel >/dev/null && echo ok)",
+            expect: &|t| {
+                let overflow = std::fs::read_to_string("/proc/sys/kernel/overflowuid")
+                    .map(|s| s.trim().to_string())
+                    .unwrap_or_else(|_| "65534".into());
+                has_all(
+                    t,
+                    &[
+                        &format!("uid_map {want_map}\n"),
+                        &format!("gid_map {want_map}\n"),
+                        "id=0:0\n",
+                        &format!("busybox={overflow}:{overflow}\n"),
+                        "Permission denied",
+                        "touch=1\n",
+                        "sys=ok\n",
+                    ],
+                )
+            },
+            normalise: &same,
+        },
+        &root,
+    );
+    // Only now: the runs are over and their rootfs is unmounted.
+    drop(open);
+}
+
+/// [`run_row`] with the rootfs at `root`.
+fn run_row_in(ctx: &Ctx, row: &Row, root: &std::path::Path) {
+    let problems = row_problems_in(ctx, row, root);
+    ctx.ensure(problems.is_empty(), || {
+        format!("row {}:\n{}", row.name, problems.join("\n"))
+    });
 }

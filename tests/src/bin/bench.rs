@@ -1,8 +1,9 @@
-//! Side-by-side benchmark of our oci shim (with runc) and containerd's
-//! reference Go shim `io.containerd.runc.v2` (also with runc), both on one
-//! private containerd, each in its own namespace. Every metric is measured in
-//! pairs, ours then Go's, alternating, so drift in the machine's load hits
-//! both alike; the ratio column is the median of the per-pair ratios.
+//! Side-by-side benchmark of one of our shims (`BENCH_OURS`, default the oci
+//! shim with runc) and containerd's reference Go shim `io.containerd.runc.v2`
+//! (with runc), both on one private containerd, each in its own namespace.
+//! Every metric is measured in pairs, ours then Go's, alternating, so drift in
+//! the machine's load hits both alike; the ratio column is the median of the
+//! per-pair ratios.
 //!
 //! `cargo run --release -p shim-e2e --bin bench` (as root; `scripts/bench.sh`
 //! builds everything first). Environment:
@@ -277,8 +278,31 @@ fn concurrent_starts(s: &Sides, rounds: usize, m: &mut Metric) {
     }
 }
 
-fn print_table(metrics: &[&Metric]) {
-    let (ours_h, go_h) = ("ours: oci+runc", "Go: runc.v2");
+/// Our side as the table's column heading (`ours: process`, `ours: oci+runc`) and as the JSON's
+/// description.
+fn describe_ours(v: Variant) -> (String, String) {
+    if v.is_process() {
+        (
+            "ours: process".into(),
+            "containerd-shim-process-v1 (io.containerd.runtime.v2.process), no runtime binary"
+                .into(),
+        )
+    } else if v.is_vm() {
+        (
+            "ours: vm".into(),
+            "containerd-shim-vm-v1 (io.containerd.runtime.v2.vm)".into(),
+        )
+    } else {
+        let oci = v.oci_runtime().unwrap_or("runc");
+        (
+            format!("ours: oci+{oci}"),
+            format!("containerd-shim-oci-v1 (io.containerd.runtime.v2.oci) + {oci}"),
+        )
+    }
+}
+
+fn print_table(ours_h: &str, metrics: &[&Metric]) {
+    let go_h = "Go: runc.v2";
     println!(
         "\n{:<46} {:>14} {:>14} {:>8} {:>4}",
         "metric (median)", ours_h, go_h, "ours/Go", "n"
@@ -362,7 +386,8 @@ fn main() {
     let metrics = [
         &run_rm, &exec, &rss1, &pss1, &anon1, &thr1, &rss10, &pss10, &tput, &conc,
     ];
-    print_table(&metrics);
+    let (ours_h, ours_long) = describe_ours(ours);
+    print_table(&ours_h, &metrics);
     let load_after = bench::loadavg();
     let total = started.elapsed();
     println!("# load before {load_before}, after {load_after}; total {total:.0?}");
@@ -376,7 +401,7 @@ fn main() {
             "total_seconds": total.as_secs_f64(),
             "n": n,
             "rounds": rounds,
-            "ours": "containerd-shim-oci-v1 (io.containerd.runtime.v2.oci) + runc",
+            "ours": ours_long,
             "go": "containerd-shim-runc-v2 (io.containerd.runc.v2) + runc",
             "metrics": metrics.iter().map(|m| m.json()).collect::<Vec<_>>(),
         });
