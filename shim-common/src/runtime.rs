@@ -60,6 +60,25 @@ pub enum Target<'a> {
     Exec { exec_id: &'a str, pid: u32 },
 }
 
+impl<'a> Target<'a> {
+    /// The init for an empty exec id, as the Task API names it.
+    pub fn of(exec_id: &'a str, pid: u32) -> Target<'a> {
+        if exec_id.is_empty() {
+            Target::Init { pid }
+        } else {
+            Target::Exec { exec_id, pid }
+        }
+    }
+
+    /// The Task API's name of the process: empty for the init.
+    pub fn exec_id(self) -> &'a str {
+        match self {
+            Target::Init { .. } => "",
+            Target::Exec { exec_id, .. } => exec_id,
+        }
+    }
+}
+
 #[async_trait]
 pub trait Runtime: Send + Sync + Sized + 'static {
     /// Short name: binaries are `containerd-shim-<NAME>-v1`, the default settings file is

@@ -589,36 +589,24 @@ impl<R: Runtime> TaskService<R> {
                 req.exec_id
             )));
         }
-        let target = if req.exec_id.is_empty() {
-            Target::Init { pid: p.pid }
-        } else {
-            Target::Exec {
-                exec_id: &req.exec_id,
-                pid: p.pid,
-            }
-        };
+        let target = Target::of(&req.exec_id, p.pid);
         self.runtime
             .kill(&c.info, target, req.signal, req.all)
             .await
     }
 
     async fn do_resize(&self, req: ResizePtyRequest) -> Result<()> {
-        self.do_io(&req.id, &req.exec_id, |io| io.resize(req.width, req.height))
-            .await?;
         let container = self.container(&req.id)?;
-        let c = container.lock().await;
-        let p = c.process(&req.exec_id)?;
+        let mut c = container.lock().await;
+        let p = c.process_mut(&req.exec_id)?;
+        let Some(io) = started_io(p, &req.id, &req.exec_id)? else {
+            return Ok(());
+        };
+        io.resize(req.width, req.height)?;
         if p.status == ProcStatus::Stopped || !p.stdio.terminal {
             return Ok(());
         }
-        let target = if req.exec_id.is_empty() {
-            Target::Init { pid: p.pid }
-        } else {
-            Target::Exec {
-                exec_id: &req.exec_id,
-                pid: p.pid,
-            }
-        };
+        let target = Target::of(&req.exec_id, p.pid);
         self.runtime
             .resize(&c.info, target, req.width, req.height)
             .await
@@ -781,15 +769,28 @@ impl<R: Runtime> TaskService<R> {
     ) -> Result<()> {
         let container = self.container(id)?;
         let mut c = container.lock().await;
-        let p = c.process_mut(exec_id)?;
-        match p.io.as_mut() {
+        match started_io(c.process_mut(exec_id)?, id, exec_id)? {
             Some(io) => f(io),
-            None if p.status == ProcStatus::Stopped => Ok(()),
-            None => Err(Error::FailedPrecondition(format!(
-                "process {} is not started",
-                if exec_id.is_empty() { id } else { exec_id }
-            ))),
+            None => Ok(()),
         }
+    }
+}
+
+/// The stdio of a started process; `None` once it stopped (there is nothing left to do to it),
+/// FailedPrecondition before it started.
+fn started_io<'a>(
+    p: &'a mut Process,
+    id: &str,
+    exec_id: &str,
+) -> Result<Option<&'a mut IoSession>> {
+    let stopped = p.status == ProcStatus::Stopped;
+    match p.io.as_mut() {
+        Some(io) => Ok(Some(io)),
+        None if stopped => Ok(None),
+        None => Err(Error::FailedPrecondition(format!(
+            "process {} is not started",
+            if exec_id.is_empty() { id } else { exec_id }
+        ))),
     }
 }
 

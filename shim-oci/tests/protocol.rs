@@ -9,45 +9,11 @@ use std::process::{Command, Stdio};
 
 use protos::task::Status;
 use shim_e2e::call;
-use shim_e2e::direct::scenarios;
 use shim_e2e::direct::*;
 
 const SHIM: Shim = Shim::oci(env!("CARGO_BIN_EXE_containerd-shim-oci-v1"));
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn happy_path_over_raw_ttrpc() {
-    scenarios::happy_path(&SHIM).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_input_gets_the_right_code() {
-    scenarios::bad_input(&SHIM).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn garbage_on_the_socket() {
-    scenarios::garbage_on_the_socket(&SHIM).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn task_api_v3_on_the_same_socket() {
-    scenarios::task_api_v3(&SHIM).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn delete_action_after_a_crash() {
-    scenarios::delete_after_a_crash(&SHIM).await;
-}
-
-#[test]
-fn info_and_version() {
-    scenarios::info_and_version(&SHIM);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn writes_nothing_outside_the_bundle() {
-    scenarios::writes_nothing_outside_the_bundle(&SHIM).await;
-}
+shim_e2e::protocol_scenarios!(SHIM);
 
 /// What `runc state` says of `id` under `root`, or None when runc does not know it.
 fn runc_status(root: &Path, id: &str) -> Option<String> {

@@ -120,13 +120,6 @@ fn ctx() -> ttrpc::context::Context {
     Agent::ctx(CALL_TIMEOUT)
 }
 
-fn exec_key(target: Target<'_>) -> &str {
-    match target {
-        Target::Init { .. } => "",
-        Target::Exec { exec_id, .. } => exec_id,
-    }
-}
-
 /// `MS_BIND | MS_REC` of `src` onto `dst` (created as a file or directory to match).
 fn bind(src: &Path, dst: &Path) -> Result<()> {
     use nix::mount::{mount, MsFlags};
@@ -637,7 +630,7 @@ impl Runtime for VmRuntime {
         let agent = self.inner.agent().await?;
         let mut req = SignalProcessRequest::new();
         req.container_id = c.id.clone();
-        req.exec_id = exec_key(target).to_string();
+        req.exec_id = target.exec_id().to_string();
         req.signal = signal;
         req.all = all;
         agent
@@ -658,7 +651,7 @@ impl Runtime for VmRuntime {
         let agent = self.inner.agent().await?;
         let mut req = ResizeTtyRequest::new();
         req.container_id = c.id.clone();
-        req.exec_id = exec_key(target).to_string();
+        req.exec_id = target.exec_id().to_string();
         req.width = width;
         req.height = height;
         agent

@@ -1043,3 +1043,45 @@ impl Drop for Env {
         self.logs.lock().unwrap().clear();
     }
 }
+
+/// The shared protocol scenarios ([`scenarios`]) as one `#[test]` each, for the shim `$shim`
+/// (a `const Shim`): what every shim crate's `tests/protocol.rs` starts with.
+#[macro_export]
+macro_rules! protocol_scenarios {
+    ($shim:expr) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn happy_path_over_raw_ttrpc() {
+            $crate::direct::scenarios::happy_path(&$shim).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn bad_input_gets_the_right_code() {
+            $crate::direct::scenarios::bad_input(&$shim).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn garbage_on_the_socket() {
+            $crate::direct::scenarios::garbage_on_the_socket(&$shim).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn task_api_v3_on_the_same_socket() {
+            $crate::direct::scenarios::task_api_v3(&$shim).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn delete_action_after_a_crash() {
+            $crate::direct::scenarios::delete_after_a_crash(&$shim).await;
+        }
+
+        #[test]
+        fn info_and_version() {
+            $crate::direct::scenarios::info_and_version(&$shim);
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn writes_nothing_outside_the_bundle() {
+            $crate::direct::scenarios::writes_nothing_outside_the_bundle(&$shim).await;
+        }
+    };
+}
