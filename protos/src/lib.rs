@@ -115,7 +115,7 @@ generated_module!(
 pub const AGENT_SERVICE: &str = "shimvm.agent.v1.Agent";
 /// Version of `proto/agent.proto`, answered by `Agent.Health`; bumped on every incompatible
 /// change so a host never drives a guest image built from another protocol.
-pub const AGENT_PROTOCOL_VERSION: u32 = 1;
+pub const AGENT_PROTOCOL_VERSION: u32 = 2;
 
 /// ttrpc service name of the task API v2.
 pub const TASK_V2_SERVICE: &str = "containerd.task.v2.Task";

@@ -19,7 +19,7 @@ pub struct Agent {
 /// The longest unix socket path connect() takes, less the NUL.
 const SUN_PATH_MAX: usize = 107;
 
-async fn connect_socket(path: &Path) -> std::io::Result<UnixStream> {
+pub(crate) async fn connect_socket(path: &Path) -> std::io::Result<UnixStream> {
     if path.as_os_str().len() <= SUN_PATH_MAX {
         return UnixStream::connect(path).await;
     }

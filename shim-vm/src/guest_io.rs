@@ -1,11 +1,13 @@
 //! A guest process's stdio on the host: the framework's pipes (or a host pty for a terminal)
-//! joined to the agent's named streams.
+//! joined to the agent's named streams, or, for output, to channels of the output port.
 //!
 //! The framework hands every runtime the process's ends of its stdio ([`ProcessIo`]) and pumps
 //! the other ends to containerd. A host process would inherit them; a guest process cannot, so
 //! here they are pumped to and from the agent: stdin chunks go out with WriteStdin (and its EOF
-//! as CloseStdin), output comes back with ReadStdout/ReadStderr. An end that is `/dev/null` is
-//! not pumped at all: the guest process gets its own `/dev/null`.
+//! as CloseStdin). Output comes back through the output port ([`crate::output`]) when the VM
+//! has one, each pipe its own channel; otherwise (and for a terminal, whose speed is a
+//! person's) with ReadStdout/ReadStderr. An end that is `/dev/null` is not pumped at all: the
+//! guest process gets its own `/dev/null`.
 //!
 //! A terminal is a host pty whose master goes back to the framework like any runtime's
 //! console; the slave, in raw mode so the host adds no line discipline of its own, is pumped to
@@ -23,6 +25,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::task::JoinHandle;
 
 use crate::agent::Agent;
+use crate::output::{OutputChannel, OutputLink};
 
 /// The largest chunk one ReadStdout may return (the agent's own limit).
 const READ_CHUNK: u32 = 1 << 20;
@@ -93,14 +96,17 @@ pub struct PreparedIo {
     stdin: End,
     stdout: End,
     stderr: End,
+    /// Outputs on the output port, opened before the process exists: its output can arrive
+    /// before the reply that created it.
+    channels: Vec<OutputChannel>,
     /// The host pty master, for the framework.
     pub console: Option<OwnedFd>,
 }
 
 impl PreparedIo {
     /// Names the streams `<prefix>.in/.out/.err` (unique in the VM) for the ends that are not
-    /// `/dev/null`.
-    pub fn new(io: ProcessIo, prefix: &str) -> Result<PreparedIo> {
+    /// `/dev/null`; with `output`, stdout and stderr get channels of it instead.
+    pub fn new(io: ProcessIo, prefix: &str, output: Option<&OutputLink>) -> Result<PreparedIo> {
         let mut streams = StdioStreams::new();
         if io.terminal {
             let pty = nix::pty::openpty(None, None).map_err(|e| Error::sys("openpty", e))?;
@@ -114,15 +120,29 @@ impl PreparedIo {
                 stdin: End::Fd(slave.clone()),
                 stdout: End::Fd(slave),
                 stderr: End::Null,
+                channels: Vec::new(),
                 console: Some(pty.master),
             });
         }
-        let (stdin, stdout, stderr) = (end(io.stdin)?, end(io.stdout)?, end(io.stderr)?);
+        let (stdin, mut stdout, mut stderr) = (end(io.stdin)?, end(io.stdout)?, end(io.stderr)?);
         let name = |e: &End, suffix: &str| match e {
             End::Null => String::new(),
             End::Fd(_) => format!("{prefix}.{suffix}"),
         };
         streams.stdin = name(&stdin, "in");
+        let mut channels = Vec::new();
+        if let Some(link) = output {
+            for (e, channel) in [
+                (&mut stdout, &mut streams.stdout_channel),
+                (&mut stderr, &mut streams.stderr_channel),
+            ] {
+                if let End::Fd(fd) = std::mem::replace(e, End::Null) {
+                    let c = link.open(fd);
+                    *channel = c.channel;
+                    channels.push(c);
+                }
+            }
+        }
         streams.stdout = name(&stdout, "out");
         streams.stderr = name(&stderr, "err");
         Ok(PreparedIo {
@@ -131,6 +151,7 @@ impl PreparedIo {
             stdin,
             stdout,
             stderr,
+            channels,
             console: None,
         })
     }
@@ -158,6 +179,7 @@ impl PreparedIo {
         Pumps {
             input,
             outputs,
+            channels: self.channels,
             terminal: self.terminal,
         }
     }
@@ -167,6 +189,7 @@ impl PreparedIo {
 pub struct Pumps {
     input: Option<JoinHandle<()>>,
     outputs: Vec<JoinHandle<()>>,
+    channels: Vec<OutputChannel>,
     terminal: bool,
 }
 
@@ -178,6 +201,9 @@ impl Pumps {
             let _ = h.await;
         }
         self.outputs.clear();
+        for c in self.channels.iter_mut() {
+            c.done().await;
+        }
         // The host pty's slave is shared with the input pump: closing it is what ends the
         // framework's reads of the master.
         if self.terminal {

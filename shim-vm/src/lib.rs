@@ -4,7 +4,7 @@
 //! A container runs inside a QEMU micro-VM whose PID 1 is our agent (`vm-agent`), driven over
 //! ttrpc on a virtio-serial port. Everything the guest boots from is built here from Debian's
 //! kernel package and our own code ([`image`]); how QEMU is started is in [`qemu`]; talking to
-//! the agent is in [`agent`]. See `/work/shared/docs/vm-guest.md` for the measurements behind
+//! the agent is in [`agent`], process output from its output port in [`output`]. See `/work/shared/docs/vm-guest.md` for the measurements behind
 //! each choice.
 
 pub mod agent;
@@ -15,6 +15,7 @@ pub mod guest_io;
 pub mod guest_spec;
 pub mod image;
 pub mod kmod;
+pub mod output;
 pub mod qemu;
 pub mod runtime;
 pub mod settings;

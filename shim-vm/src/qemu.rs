@@ -15,6 +15,8 @@ use crate::{Error, Result};
 /// The agent's virtio-serial socket, the QMP socket and the pid file, relative to the VM's run
 /// directory (QEMU runs there, which keeps socket paths under the 108-byte limit).
 pub const AGENT_SOCKET: &str = "agent.sock";
+/// The output port's socket: process output, guest → host (see [`crate::output`]).
+pub const OUTPUT_SOCKET: &str = "output.sock";
 pub const QMP_SOCKET: &str = "qmp.sock";
 pub const PID_FILE: &str = "qemu.pid";
 
@@ -256,6 +258,13 @@ impl VmConfig {
                 "virtserialport,bus=vser0.0,chardev=agent,name={}",
                 vm_channel::PORT_NAME
             ),
+            "-chardev".into(),
+            format!("socket,id=output,path={OUTPUT_SOCKET},server=on,wait=off"),
+            "-device".into(),
+            format!(
+                "virtserialport,bus=vser0.0,chardev=output,name={}",
+                vm_channel::OUTPUT_PORT_NAME
+            ),
             "-qmp".into(),
             format!("unix:{QMP_SOCKET},server=on,wait=off"),
             "-pidfile".into(),
@@ -348,6 +357,10 @@ impl Vm {
 
     pub fn agent_socket(&self) -> PathBuf {
         self.run_dir.join(AGENT_SOCKET)
+    }
+
+    pub fn output_socket(&self) -> PathBuf {
+        self.run_dir.join(OUTPUT_SOCKET)
     }
 
     /// QEMU's own output so far (errors, and the guest console when not logged elsewhere).
@@ -495,7 +508,7 @@ pub async fn boot(
                 if let Some(d) = cache_dir {
                     let _ = remember_accel(d, &key, Accel::Tcg);
                 }
-                for f in [AGENT_SOCKET, QMP_SOCKET, PID_FILE] {
+                for f in [AGENT_SOCKET, OUTPUT_SOCKET, QMP_SOCKET, PID_FILE] {
                     let _ = std::fs::remove_file(config.run_dir.join(f));
                 }
             }
@@ -606,6 +619,8 @@ mod tests {
         assert!(args.contains("isa-serial=off"));
         assert!(args.contains("path=agent.sock,server=on,wait=off"));
         assert!(args.contains("name=agent"));
+        assert!(args.contains("path=output.sock,server=on,wait=off"));
+        assert!(args.contains("chardev=output,name=stream"));
         c.accel = Accel::Kvm;
         c.console_log = Some("/tmp/console.log".into());
         assert!(!c.kernel_cmdline().contains("tsc_early_khz"));

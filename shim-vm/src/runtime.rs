@@ -33,6 +33,7 @@ use shim_common::{ContainerInfo, Error, Result, Runtime, RuntimeContext, Spawned
 use crate::agent::Agent;
 use crate::guest_io::{PreparedIo, Pumps};
 use crate::guest_spec;
+use crate::output::OutputLink;
 use crate::qemu::{self, Accel, Vm, VmConfig};
 use crate::settings::VmSettings;
 
@@ -45,6 +46,9 @@ const STATE_FILE: &str = "vm-state.json";
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long an exit waits for the process's output to drain before it is reported.
 const OUTPUT_GRACE: Duration = Duration::from_secs(5);
+/// How long the output port may take to answer once the agent did (it looks for the port in
+/// the background, for up to a second).
+const OUTPUT_CONNECT: Duration = Duration::from_secs(3);
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Persisted {
@@ -62,6 +66,8 @@ struct Persisted {
 struct Sandbox {
     vm: Vm,
     agent: Agent,
+    /// The output port, when it answered (else output goes through ReadStdout/ReadStderr).
+    output: Option<Arc<OutputLink>>,
     run_dir: PathBuf,
     share: PathBuf,
 }
@@ -180,6 +186,7 @@ fn remove_share_dir(dir: &Path) {
 fn remove_run_dir(run_dir: &Path) {
     for f in [
         qemu::AGENT_SOCKET,
+        qemu::OUTPUT_SOCKET,
         qemu::QMP_SOCKET,
         qemu::PID_FILE,
         "qemu.log",
@@ -256,9 +263,23 @@ impl Inner {
             booted.vm.started.elapsed().as_millis(),
             booted.vm.pid()
         );
+        // The agent answered, so its output port is being served (or does not exist).
+        let output = match OutputLink::connect(
+            &booted.vm.output_socket(),
+            std::time::Instant::now() + OUTPUT_CONNECT,
+        )
+        .await
+        {
+            Ok(link) => Some(link),
+            Err(e) => {
+                log::warn!("VM for {}: output through the agent: {e}", c.id);
+                None
+            }
+        };
         Ok(Sandbox {
             vm: booted.vm,
             agent: booted.agent,
+            output,
             run_dir,
             share,
         })
@@ -422,6 +443,7 @@ impl VmRuntime {
     async fn spawn_in_guest<F, Fut>(
         &self,
         agent: &Agent,
+        output: Option<&OutputLink>,
         id: &str,
         exec_id: &str,
         io: ProcessIo,
@@ -436,7 +458,7 @@ impl VmRuntime {
         } else {
             format!("{id}.{exec_id}")
         };
-        let mut prepared = PreparedIo::new(io, &prefix)?;
+        let mut prepared = PreparedIo::new(io, &prefix, output)?;
         let console = prepared.console.take();
         let pid = create(prepared.streams.clone(), prepared.terminal).await?;
         let pumps = prepared.start(agent);
@@ -511,23 +533,30 @@ impl VmRuntime {
         let call = agent.clone();
         let id = c.id.clone();
         let created = self
-            .spawn_in_guest(&agent, &c.id, "", io, |streams, terminal| async move {
-                let mut req = CreateContainerRequest::new();
-                req.container_id = id;
-                req.bundle = guest_dir;
-                req.spec = adapted.json;
-                req.stdio = MessageField::some(streams);
-                req.terminal = terminal;
-                let resp = call
-                    .client
-                    .create_container(ctx(), &req)
-                    .await
-                    .map_err(|e| agent_err("CreateContainer", e))?;
-                for w in &resp.warnings {
-                    log::warn!("container {}: {w}", req.container_id);
-                }
-                Ok(resp.pid)
-            })
+            .spawn_in_guest(
+                &agent,
+                sandbox.output.as_deref(),
+                &c.id,
+                "",
+                io,
+                |streams, terminal| async move {
+                    let mut req = CreateContainerRequest::new();
+                    req.container_id = id;
+                    req.bundle = guest_dir;
+                    req.spec = adapted.json;
+                    req.stdio = MessageField::some(streams);
+                    req.terminal = terminal;
+                    let resp = call
+                        .client
+                        .create_container(ctx(), &req)
+                        .await
+                        .map_err(|e| agent_err("CreateContainer", e))?;
+                    for w in &resp.warnings {
+                        log::warn!("container {}: {w}", req.container_id);
+                    }
+                    Ok(resp.pid)
+                },
+            )
             .await;
         match created {
             Ok(spawned) => {
@@ -600,23 +629,35 @@ impl Runtime for VmRuntime {
         process: &[u8],
         io: ProcessIo,
     ) -> Result<Spawned> {
-        let agent = self.inner.agent().await?;
+        let (agent, output) = {
+            let s = self.inner.sandbox.lock().await;
+            let output = s.as_ref().and_then(|s| s.output.clone());
+            (self.inner.agent_of(&s)?, output)
+        };
         let call = agent.clone();
         let (id, exec) = (c.id.clone(), exec_id.to_string());
         let process = process.to_vec();
-        self.spawn_in_guest(&agent, &c.id, exec_id, io, |streams, terminal| async move {
-            let mut req = ExecProcessRequest::new();
-            req.container_id = id;
-            req.exec_id = exec;
-            req.process = process;
-            req.stdio = MessageField::some(streams);
-            req.terminal = terminal;
-            call.client
-                .exec_process(ctx(), &req)
-                .await
-                .map(|r| r.pid)
-                .map_err(|e| agent_err("ExecProcess", e))
-        })
+        let output = output.as_deref();
+        self.spawn_in_guest(
+            &agent,
+            output,
+            &c.id,
+            exec_id,
+            io,
+            |streams, terminal| async move {
+                let mut req = ExecProcessRequest::new();
+                req.container_id = id;
+                req.exec_id = exec;
+                req.process = process;
+                req.stdio = MessageField::some(streams);
+                req.terminal = terminal;
+                call.client
+                    .exec_process(ctx(), &req)
+                    .await
+                    .map(|r| r.pid)
+                    .map_err(|e| agent_err("ExecProcess", e))
+            },
+        )
         .await
     }
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 shim_e2e::scenarios! {
     stdout_exact,
     stdout_stderr_apart,
+    large_output_exact,
     exit_codes,
     exit_killed_137,
     stdin_text,
@@ -51,6 +52,54 @@ fn stdout_stderr_apart(ctx: &Ctx) {
     });
     ctx.ensure(out.stderr == b"err1\nerr2\nerr3", || {
         format!("stderr must hold exactly the err lines\n{}", out.describe())
+    });
+}
+
+/// Blocks of [`large_output_exact`]: 64 of them, about 64 MiB in all.
+const LARGE_BLOCKS: usize = 64;
+
+/// Block `i` of [`large_output_exact`]'s stdout: a numbered line, then zeros; the lengths vary
+/// so that blocks end at every alignment.
+fn large_block_len(i: usize) -> usize {
+    917_503 + i * 4099
+}
+
+/// About 64 MiB of stdout, with a line on stderr after each block, arrives byte for byte (the
+/// checksum of the whole), in order (the numbered blocks), and the two streams stay apart: the
+/// bulk path of the VM shim (frames over a port of their own) against what the others do.
+fn large_output_exact(ctx: &Ctx) {
+    let script = format!(
+        "i=0; while [ $i -lt {LARGE_BLOCKS} ]; do printf 'out %05d\\n' $i; \
+         head -c $((917503 + i * 4099)) /dev/zero; echo \"err $i\" >&2; i=$((i + 1)); done"
+    );
+    let mut expected = Vec::new();
+    let mut expected_err = String::new();
+    for i in 0..LARGE_BLOCKS {
+        expected.extend_from_slice(format!("out {i:05}\n").as_bytes());
+        expected.resize(expected.len() + large_block_len(i), 0);
+        expected_err.push_str(&format!("err {i}\n"));
+    }
+    let out = ctx.run(&[], IMAGE, "c1", &["sh", "-c", &script]);
+    ctx.check(&out, "run the 64 MiB writer");
+    ctx.ensure(out.stdout.len() == expected.len(), || {
+        format!(
+            "stdout has {} bytes, expected {}; {}",
+            out.stdout.len(),
+            expected.len(),
+            first_difference(&expected, &out.stdout)
+        )
+    });
+    ctx.ensure(sha256_hex(&out.stdout) == sha256_hex(&expected), || {
+        format!(
+            "stdout differs (sha256): {}",
+            first_difference(&expected, &out.stdout)
+        )
+    });
+    ctx.ensure(out.stderr == expected_err.as_bytes(), || {
+        format!(
+            "stderr must hold exactly the {LARGE_BLOCKS} err lines in order, got {:?}",
+            String::from_utf8_lossy(&out.stderr[..out.stderr.len().min(400)])
+        )
     });
 }
 

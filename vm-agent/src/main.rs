@@ -7,9 +7,11 @@
 //! does on a host: this binary re-executes itself in setup mode for each one.
 //!
 //! Outside a VM (for tests) `vm-agent --listen unix:PATH` serves the same service on a unix
-//! socket, with the same handshake, and Shutdown just exits.
+//! socket, with the same handshake, and Shutdown just exits; `PATH.output` stands in for the
+//! output port.
 
 mod boot;
+mod output;
 mod port;
 mod reaper;
 mod service;
@@ -110,11 +112,12 @@ fn main() {
     };
     let result = rt.block_on(async move {
         let reaper = reaper::Reaper::start();
-        let agent = Arc::new(service::Agent::new(reaper, guest));
+        let link = output::OutputLink::new();
+        let agent = Arc::new(service::Agent::new(reaper, guest, link.clone()));
         match mode {
             // Powers off after Shutdown; returns only on failure.
-            Mode::Guest => port::serve_guest(agent, &cmdline.port).await,
-            Mode::Listen(path) => port::serve_unix(agent, &path).await,
+            Mode::Guest => port::serve_guest(agent, &cmdline.port, link).await,
+            Mode::Listen(path) => port::serve_unix(agent, &path, link).await,
         }
     });
     match result {

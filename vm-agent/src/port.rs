@@ -170,24 +170,62 @@ async fn serve(agent: Arc<Agent>, listener: Listener) -> Result<(), String> {
     Ok(())
 }
 
-/// Serves the virtio-serial port called `name` until Shutdown, then powers off.
-pub async fn serve_guest(agent: Arc<Agent>, name: &str) -> Result<(), String> {
+/// Serves the virtio-serial port called `name` until Shutdown, then powers off; and the output
+/// port, when the host gave us one.
+pub async fn serve_guest(
+    agent: Arc<Agent>,
+    name: &str,
+    link: Arc<crate::output::OutputLink>,
+) -> Result<(), String> {
     let path = crate::boot::find_port(name, Duration::from_secs(10)).await?;
-    let port = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(&path)
-        .map_err(|e| format!("opening {}: {e}", path.display()))?;
+    // Both ports belong to one device, so the output port shows up at about the same time if
+    // it exists at all; without it the host reads output through ReadStdout/ReadStderr. In
+    // the background: it must not delay the first answer.
+    tokio::spawn(async move {
+        let name = vm_channel::OUTPUT_PORT_NAME;
+        match crate::boot::find_port(name, Duration::from_secs(1)).await {
+            Ok(out) => match open_port(&out) {
+                Ok(fd) => {
+                    log::info!("port {name} is {}", out.display());
+                    crate::output::serve_port(link, fd).await;
+                }
+                Err(e) => log::warn!("{e}"),
+            },
+            Err(e) => log::info!("{e}: output through the agent port only"),
+        }
+    });
+    let port = open_port(&path)?;
     log::info!("port {name} is {}", path.display());
     let (tx, rx) = mpsc::channel(1);
-    tokio::spawn(accept_port(OwnedFd::from(port), tx));
+    tokio::spawn(accept_port(port, tx));
     serve(agent, listener_from(rx)).await?;
     crate::boot::power_off()
 }
 
-/// Serves a unix socket (tests outside a VM) until Shutdown, then returns.
-pub async fn serve_unix(agent: Arc<Agent>, path: &Path) -> Result<(), String> {
+fn open_port(path: &Path) -> Result<OwnedFd, String> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .map(OwnedFd::from)
+        .map_err(|e| format!("opening {}: {e}", path.display()))
+}
+
+/// Serves a unix socket (tests outside a VM) until Shutdown, then returns; `PATH.output`
+/// stands in for the output port.
+pub async fn serve_unix(
+    agent: Arc<Agent>,
+    path: &Path,
+    link: Arc<crate::output::OutputLink>,
+) -> Result<(), String> {
+    let mut out = path.as_os_str().to_owned();
+    out.push(".output");
+    let out = std::path::PathBuf::from(out);
+    let _ = std::fs::remove_file(&out);
+    let out_listener = tokio::net::UnixListener::bind(&out)
+        .map_err(|e| format!("binding {}: {e}", out.display()))?;
+    tokio::spawn(crate::output::serve_unix(link, out_listener));
     let _ = std::fs::remove_file(path);
     let listener = tokio::net::UnixListener::bind(path)
         .map_err(|e| format!("binding {}: {e}", path.display()))?;
@@ -214,5 +252,6 @@ pub async fn serve_unix(agent: Arc<Agent>, path: &Path) -> Result<(), String> {
     });
     let result = serve(agent.clone(), listener_from(rx)).await;
     agent.remove_state();
+    let _ = std::fs::remove_file(&out);
     result
 }

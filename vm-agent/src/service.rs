@@ -32,6 +32,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::sync::{mpsc, watch};
 use ttrpc::r#async::TtrpcContext;
 
+use crate::output::{self, OutputLink};
 use crate::reaper::{ExitWatch, Reaper};
 use crate::stdio::{self, Kind, Streams};
 
@@ -42,6 +43,8 @@ struct Proc {
     exit: ExitWatch,
     console: Option<Arc<AsyncFd<OwnedFd>>>,
     streams: Vec<String>,
+    /// Outputs going to the output port; dropping them ends their channels (with EOF).
+    _pumps: Vec<output::Pump>,
 }
 
 struct Container {
@@ -63,6 +66,8 @@ pub struct Agent {
     state_root: PathBuf,
     containers: Mutex<HashMap<String, Container>>,
     streams: Streams,
+    /// The output port (or its stand-in socket), for outputs the host asked to get there.
+    output: Arc<OutputLink>,
     shutdown: watch::Sender<bool>,
     oom_tx: mpsc::UnboundedSender<String>,
     oom_rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<String>>,
@@ -118,7 +123,7 @@ fn guest_spec(spec: &[u8], bundle: &str) -> Result<Vec<u8>> {
 }
 
 impl Agent {
-    pub fn new(reaper: Arc<Reaper>, guest: bool) -> Agent {
+    pub fn new(reaper: Arc<Reaper>, guest: bool, output: Arc<OutputLink>) -> Agent {
         let state_root = if guest {
             PathBuf::from("/run/vm-agent/containers")
         } else {
@@ -135,6 +140,7 @@ impl Agent {
             state_root,
             containers: Mutex::new(HashMap::new()),
             streams: Streams::default(),
+            output,
             shutdown: watch::channel(false).0,
             oom_tx,
             oom_rx: tokio::sync::Mutex::new(oom_rx),
@@ -154,6 +160,13 @@ impl Agent {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Container>> {
         self.containers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn start_pumps(&self, channels: Vec<(u32, Arc<AsyncFd<OwnedFd>>)>) -> Vec<output::Pump> {
+        channels
+            .into_iter()
+            .map(|(channel, pipe)| output::spawn_pump(self.output.clone(), channel, pipe))
+            .collect()
     }
 
     fn register_streams(&self, streams: Vec<(String, Arc<stdio::Stream>)>) -> Vec<String> {
@@ -258,10 +271,16 @@ impl Agent {
                 })
                 .await
                 .map_err(typed)?;
-            Ok::<_, Error>((launched.console.take(), launched, pending.streams, mark))
+            Ok::<_, Error>((
+                launched.console.take(),
+                launched,
+                pending.streams,
+                pending.channels,
+                mark,
+            ))
         }
         .await;
-        let (console, launched, streams, mark) = match launched {
+        let (console, launched, streams, channels, mark) = match launched {
             Ok(l) => l,
             Err(e) => {
                 let _ = cgroup.kill_all(libc::SIGKILL);
@@ -279,6 +298,7 @@ impl Agent {
             exit,
             console,
             streams: self.register_streams(streams),
+            _pumps: self.start_pumps(channels),
         };
         self.lock().insert(
             id.clone(),
@@ -404,6 +424,7 @@ impl Agent {
             exit,
             console,
             streams: self.register_streams(streams),
+            _pumps: self.start_pumps(pending.channels),
         };
         let mut map = self.lock();
         match map.get_mut(id) {

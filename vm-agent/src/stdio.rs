@@ -163,6 +163,8 @@ impl Streams {
 pub struct Pending {
     pub child: Stdio3,
     pub streams: Vec<(String, Arc<Stream>)>,
+    /// Outputs that go to the output port: (channel, the pipe's read end).
+    pub channels: Vec<(u32, Arc<AsyncFd<OwnedFd>>)>,
 }
 
 fn dev_null(write: bool) -> Result<OwnedFd> {
@@ -174,8 +176,9 @@ fn dev_null(write: bool) -> Result<OwnedFd> {
         .map_err(|e| Error::io("opening /dev/null", e))
 }
 
-/// Pipe capacity: one ReadStdout returns at most what the pipe holds, and each call is a round
-/// trip over virtio-serial, so the default 64 KiB would cap throughput at a few MiB/s under TCG.
+/// Pipe capacity: one ReadStdout (or one frame on the output port) carries at most what the
+/// pipe holds, and each is a trip over virtio-serial, so the default 64 KiB would cap
+/// throughput under TCG.
 const PIPE_SIZE: libc::c_int = 1024 * 1024;
 
 fn pipe() -> Result<(OwnedFd, OwnedFd)> {
@@ -198,9 +201,11 @@ pub fn prepare(ids: &protos::agent::StdioStreams, terminal: bool) -> Result<Pend
                 stderr: dev_null(true)?,
             },
             streams,
+            channels: Vec::new(),
         });
     }
     let io = |e| Error::io("setting up stdio", e);
+    let mut channels = Vec::new();
     let stdin = if ids.stdin.is_empty() {
         dev_null(false)?
     } else {
@@ -211,7 +216,12 @@ pub fn prepare(ids: &protos::agent::StdioStreams, terminal: bool) -> Result<Pend
         ));
         r
     };
-    let mut output = |id: &str, kind| -> Result<OwnedFd> {
+    let mut output = |id: &str, channel: u32, kind| -> Result<OwnedFd> {
+        if channel != 0 {
+            let (r, w) = pipe()?;
+            channels.push((channel, async_fd(r).map_err(io)?));
+            return Ok(w);
+        }
         if id.is_empty() {
             return dev_null(true);
         }
@@ -219,8 +229,8 @@ pub fn prepare(ids: &protos::agent::StdioStreams, terminal: bool) -> Result<Pend
         streams.push((id.to_string(), Stream::new(kind, async_fd(r).map_err(io)?)));
         Ok(w)
     };
-    let stdout = output(&ids.stdout, Kind::Stdout)?;
-    let stderr = output(&ids.stderr, Kind::Stderr)?;
+    let stdout = output(&ids.stdout, ids.stdout_channel, Kind::Stdout)?;
+    let stderr = output(&ids.stderr, ids.stderr_channel, Kind::Stderr)?;
     Ok(Pending {
         child: Stdio3 {
             stdin,
@@ -228,6 +238,7 @@ pub fn prepare(ids: &protos::agent::StdioStreams, terminal: bool) -> Result<Pend
             stderr,
         },
         streams,
+        channels,
     })
 }
 

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use protos::agent::*;
 use shim_vm::agent::Agent;
+use shim_vm::output::OutputLink;
 
 struct Kill(Child);
 
@@ -102,6 +103,78 @@ async fn wait(agent: &Agent, id: &str, exec_id: &str) -> u32 {
     resp.exit_status
 }
 
+const BULK_BLOCKS: usize = 24;
+
+fn bulk_len(i: usize) -> usize {
+    300_007 + i * 4099
+}
+
+/// A pipe whose write end (non-blocking, registered) goes to an output channel, and a thread
+/// collecting what comes out of the read end.
+fn collected_pipe() -> (
+    std::sync::Arc<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>>,
+    std::thread::JoinHandle<Vec<u8>>,
+) {
+    use std::os::fd::AsRawFd;
+    let (r, w) = nix::unistd::pipe().unwrap();
+    // SAFETY: fcntl on a descriptor we own.
+    unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
+    // SAFETY: the AsyncFd owns the descriptor.
+    let w = unsafe { tokio::io::unix::AsyncFd::register(w) }.unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        std::io::Read::read_to_end(&mut std::fs::File::from(r), &mut v).unwrap();
+        v
+    });
+    (std::sync::Arc::new(w), reader)
+}
+
+/// Execs a writer of numbered blocks (stdout) and lines (stderr) with both on output channels
+/// of `link`; returns what each channel delivered, once both ended.
+async fn bulk_exec(
+    agent: &Agent,
+    link: &OutputLink,
+    id: &str,
+    exec_id: &str,
+) -> (Vec<u8>, Vec<u8>) {
+    let (out_w, out_r) = collected_pipe();
+    let (err_w, err_r) = collected_pipe();
+    let mut out_ch = link.open(out_w);
+    let mut err_ch = link.open(err_w);
+    let script = format!(
+        "i=0; while [ $i -lt {BULK_BLOCKS} ]; do printf 'out %03d\\n' $i; \
+         busybox head -c $((300007 + i * 4099)) /zeros; echo \"err $i\" >&2; i=$((i + 1)); done"
+    );
+    let mut exec = ExecProcessRequest::new();
+    exec.container_id = id.into();
+    exec.exec_id = exec_id.into();
+    exec.process = serde_json::json!({
+        "user": {"uid": 0, "gid": 0},
+        "args": ["/bin/sh", "-c", script],
+        "env": ["PATH=/bin"],
+        "cwd": "/"
+    })
+    .to_string()
+    .into_bytes();
+    let mut streams = StdioStreams::new();
+    streams.stdout_channel = out_ch.channel;
+    streams.stderr_channel = err_ch.channel;
+    exec.stdio = protobuf::MessageField::some(streams);
+    agent
+        .client
+        .exec_process(Agent::ctx(T), &exec)
+        .await
+        .unwrap();
+    tokio::time::timeout(T, async {
+        out_ch.done().await;
+        err_ch.done().await;
+    })
+    .await
+    .expect("both channels end");
+    drop((out_ch, err_ch));
+    (out_r.join().unwrap(), err_r.join().unwrap())
+}
+
 #[test]
 fn container_lifecycle_through_the_agent() {
     // SAFETY: geteuid has no preconditions.
@@ -118,6 +191,12 @@ fn container_lifecycle_through_the_agent() {
     std::fs::create_dir_all(bundle.join("rootfs/proc")).unwrap();
     std::fs::copy(&busybox, bin.join("busybox")).unwrap();
     std::os::unix::fs::symlink("busybox", bin.join("sh")).unwrap();
+    // The bulk writer's source: the rootfs has no /dev.
+    std::fs::write(
+        bundle.join("rootfs/zeros"),
+        vec![0u8; bulk_len(BULK_BLOCKS)],
+    )
+    .unwrap();
 
     let sock = dir.path().join("agent.sock");
     let _agent = Kill(
@@ -201,6 +280,33 @@ fn container_lifecycle_through_the_agent() {
         let exec_out = String::from_utf8(read_all(&agent, "e1-out", false).await).unwrap();
         assert!(exec_out.starts_with("from-exec"), "{exec_out:?}");
         assert_eq!(wait(&agent, &id, "e1").await, 5);
+
+        // Output through the output port (here its stand-in socket), twice: the second time
+        // from a new connection, which must start on a frame boundary.
+        let out_sock = dir.path().join("agent.sock.output");
+        for round in 0..2 {
+            let link = OutputLink::connect(&out_sock, Instant::now() + Duration::from_secs(10))
+                .await
+                .unwrap();
+            let exec_id = format!("bulk{round}");
+            let (out, err) = bulk_exec(&agent, &link, &id, &exec_id).await;
+            let mut expected = Vec::new();
+            let mut expected_err = String::new();
+            for i in 0..BULK_BLOCKS {
+                expected.extend_from_slice(format!("out {i:03}\n").as_bytes());
+                expected.resize(expected.len() + bulk_len(i), 0);
+                expected_err.push_str(&format!("err {i}\n"));
+            }
+            assert_eq!(
+                out.len(),
+                expected.len(),
+                "round {round}: stderr {:?}",
+                String::from_utf8_lossy(&err)
+            );
+            assert!(out == expected, "round {round}: stdout differs");
+            assert_eq!(String::from_utf8_lossy(&err), expected_err, "round {round}");
+            assert_eq!(wait(&agent, &id, &exec_id).await, 0);
+        }
 
         let mut list = ListProcessesRequest::new();
         list.container_id = id.clone();

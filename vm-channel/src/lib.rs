@@ -29,6 +29,13 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 /// The name of the virtio-serial port (`-device virtserialport,name=…`) the agent serves on.
 pub const PORT_NAME: &str = "agent";
 
+/// The second virtio-serial port, guest → host only: process output in frames
+/// ([`FrameHeader`]), moved into the port by the agent with splice(2), so a chunk is never
+/// copied inside the guest (ttrpc would copy it three times, each copy slow under TCG). The
+/// host opens it with the same handshake as the agent port; after the agent's answer the
+/// stream is aligned on frame boundaries.
+pub const OUTPUT_PORT_NAME: &str = "stream";
+
 /// The virtio-9p mount tag of the VM's one share (microvm cannot hot-plug, so every container's
 /// bundle is bind-mounted under it by the host), and where the agent mounts it in the guest.
 pub const SHARE_TAG: &str = "share";
@@ -210,6 +217,103 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for FrameWatch<S> {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
+}
+
+/// Starts every frame on the output port; a host that lost the frame boundary finds out at once.
+pub const FRAME_MAGIC: [u8; 4] = *b"SVMF";
+/// The header: magic, channel (u32), payload length (u32), flags (u32), little-endian.
+pub const FRAME_HEADER_LEN: usize = 16;
+/// The largest payload a frame may carry: a guest pipe's worth (the agent's pipes are 1 MiB).
+pub const FRAME_MAX: u32 = 4 << 20;
+/// The channel's output has ended (no payload): the host closes its end once this arrives.
+pub const FRAME_EOF: u32 = 1;
+
+/// One frame on the output port: `len` payload bytes of `channel` follow the header.
+///
+/// Channels are numbered by the host (non-zero, unique while the VM runs) and named in the
+/// request that creates the process, so frames can arrive before the reply does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameHeader {
+    pub channel: u32,
+    pub len: u32,
+    pub eof: bool,
+}
+
+/// A header that cannot start a frame: the stream lost its alignment.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FrameError {
+    #[error("bad frame magic {0:02x?}")]
+    Magic([u8; 4]),
+    #[error("frame of {0} bytes exceeds the limit")]
+    TooLong(u32),
+}
+
+impl FrameHeader {
+    pub fn encode(&self) -> [u8; FRAME_HEADER_LEN] {
+        let mut h = [0u8; FRAME_HEADER_LEN];
+        h[..4].copy_from_slice(&FRAME_MAGIC);
+        h[4..8].copy_from_slice(&self.channel.to_le_bytes());
+        h[8..12].copy_from_slice(&self.len.to_le_bytes());
+        let flags = if self.eof { FRAME_EOF } else { 0 };
+        h[12..16].copy_from_slice(&flags.to_le_bytes());
+        h
+    }
+
+    pub fn decode(h: &[u8; FRAME_HEADER_LEN]) -> Result<FrameHeader, FrameError> {
+        let word = |i: usize| u32::from_le_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
+        if h[..4] != FRAME_MAGIC {
+            return Err(FrameError::Magic([h[0], h[1], h[2], h[3]]));
+        }
+        let len = word(8);
+        if len > FRAME_MAX {
+            return Err(FrameError::TooLong(len));
+        }
+        Ok(FrameHeader {
+            channel: word(4),
+            len,
+            eof: word(12) & FRAME_EOF != 0,
+        })
+    }
+}
+
+/// Finds host greetings in the bytes the agent reads from the output port, which carries
+/// nothing else host → guest. Incremental: a greeting may arrive split across reads, after
+/// stale bytes of a host that went away.
+#[derive(Default)]
+pub struct GreetingScanner {
+    buf: Vec<u8>,
+}
+
+impl GreetingScanner {
+    /// The nonces of the greetings completed by `data`, oldest first.
+    pub fn feed(&mut self, data: &[u8]) -> Vec<u64> {
+        self.buf.extend_from_slice(data);
+        let mut nonces = Vec::new();
+        loop {
+            match find(&self.buf, &HOST_MAGIC) {
+                Some(i) if self.buf.len() >= i + MARKER_LEN => {
+                    let mut n = [0u8; 8];
+                    n.copy_from_slice(&self.buf[i + 8..i + MARKER_LEN]);
+                    nonces.push(u64::from_le_bytes(n));
+                    self.buf.drain(..i + MARKER_LEN);
+                }
+                Some(i) => {
+                    self.buf.drain(..i);
+                    return nonces;
+                }
+                None => {
+                    let keep = self.buf.len().min(HOST_MAGIC.len() - 1);
+                    self.buf.drain(..self.buf.len() - keep);
+                    return nonces;
+                }
+            }
+        }
+    }
+}
+
+/// The agent's answer to a greeting with `nonce`.
+pub fn answer(nonce: u64) -> [u8; MARKER_LEN] {
+    marker(&AGENT_MAGIC, nonce)
 }
 
 fn marker(magic: &[u8; 8], nonce: u64) -> [u8; MARKER_LEN] {
@@ -440,6 +544,55 @@ mod tests {
             assert!(all.is_empty());
             assert_eq!(*stash.lock().unwrap(), b"SVMH");
         });
+    }
+
+    #[test]
+    fn frame_headers_round_trip_and_reject_garbage() {
+        let h = FrameHeader {
+            channel: 7,
+            len: 65536,
+            eof: false,
+        };
+        assert_eq!(FrameHeader::decode(&h.encode()), Ok(h));
+        let eof = FrameHeader {
+            channel: 3,
+            len: 0,
+            eof: true,
+        };
+        assert_eq!(FrameHeader::decode(&eof.encode()), Ok(eof));
+        let mut bad = h.encode();
+        bad[0] = b'X';
+        assert!(matches!(
+            FrameHeader::decode(&bad),
+            Err(FrameError::Magic(_))
+        ));
+        let long = FrameHeader {
+            channel: 1,
+            len: FRAME_MAX + 1,
+            eof: false,
+        };
+        assert_eq!(
+            FrameHeader::decode(&long.encode()),
+            Err(FrameError::TooLong(FRAME_MAX + 1))
+        );
+    }
+
+    #[test]
+    fn greeting_scanner_finds_split_and_repeated_greetings() {
+        let mut s = GreetingScanner::default();
+        let mut bytes = b"stale junk SVMH".to_vec();
+        bytes.extend_from_slice(&marker(&HOST_MAGIC, 5));
+        bytes.extend_from_slice(&marker(&HOST_MAGIC, 6));
+        let mut found = Vec::new();
+        for b in &bytes {
+            found.extend(s.feed(std::slice::from_ref(b)));
+        }
+        assert_eq!(found, vec![5, 6]);
+        let mut two = marker(&HOST_MAGIC, 8).to_vec();
+        two.extend_from_slice(&marker(&HOST_MAGIC, 9)[..10]);
+        assert_eq!(s.feed(&two), vec![8]);
+        assert_eq!(s.feed(&marker(&HOST_MAGIC, 9)[10..]), vec![9]);
+        assert!(s.buf.is_empty());
     }
 
     #[test]
