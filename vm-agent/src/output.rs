@@ -2,10 +2,11 @@
 //!
 //! Why: through ttrpc every chunk of output is copied three times inside the guest (pipe →
 //! agent buffer → protobuf → a 32 KiB virtio-console write), and under TCG a guest copy is
-//! slow. Here a pump per output pipe writes a 16-byte header (`vm_channel::FrameHeader`) and
-//! then splice(2)s exactly the announced bytes from the pipe into the port: virtio_console's
-//! splice_write hands the pipe's pages to the virtqueue as they are, and QEMU writes them
-//! straight from guest memory to its chardev socket.
+//! slow. Here a pump per output pipe moves what the pipe holds into a private relay pipe
+//! (splice(2) between pipes moves page references), writes a 16-byte header
+//! (`vm_channel::FrameHeader`) announcing that many bytes, and splices the relay into the
+//! port: virtio_console's splice_write hands the pages to the virtqueue as they are, and QEMU
+//! writes them straight from guest memory to its chardev socket. (Why the relay: [`Relay`].)
 //!
 //! Frames of all processes share the port, one at a time ([`OutputLink`]'s lock is held for a
 //! whole frame), so each channel's frames stay in order and a frame is never interleaved.
@@ -48,6 +49,8 @@ struct Sink {
     /// A port waits for its next host; a socket's host is gone for good.
     port: bool,
     reg: Option<AsyncFd<OwnedFd>>,
+    /// Empty between frames; made at the first frame.
+    relay: Option<Relay>,
 }
 
 impl Sink {
@@ -56,6 +59,7 @@ impl Sink {
             fd,
             port,
             reg: None,
+            relay: None,
         }
     }
 
@@ -103,29 +107,36 @@ impl Sink {
         Ok(())
     }
 
-    /// Moves exactly `len` bytes from `pipe` (which holds them) to the sink with splice(2).
-    async fn splice_all(&mut self, pipe: &AsyncFd<OwnedFd>, len: usize) -> io::Result<()> {
+    /// Moves up to `len` bytes of `pipe` into the relay (see [`Relay`]); how many it holds.
+    fn fill_relay(&mut self, pipe: &AsyncFd<OwnedFd>, len: usize) -> io::Result<usize> {
+        let relay = match &self.relay {
+            Some(r) => r,
+            None => self.relay.insert(Relay::new()?),
+        };
+        let n = splice(pipe.get_ref(), &relay.write, len);
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(n as usize)
+    }
+
+    /// Moves the `len` bytes the relay holds (all of it) to the sink.
+    async fn drain_relay(&mut self, len: usize) -> io::Result<()> {
         let mut left = len;
         while left > 0 {
-            // SAFETY: splice between two descriptors we own, no offsets.
-            let n = unsafe {
-                libc::splice(
-                    pipe.get_ref().as_raw_fd(),
-                    std::ptr::null_mut(),
-                    self.fd.as_raw_fd(),
-                    std::ptr::null_mut(),
-                    left,
-                    libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
-                )
+            let Some(relay) = &self.relay else {
+                return Err(io::Error::other("no relay pipe"));
             };
+            let n = splice(&relay.read, &self.fd, left);
             if n > 0 {
                 left -= (n as usize).min(left);
                 continue;
             }
             if n == 0 {
-                // The pipe holds the bytes (we are its only reader), so the driver refused
-                // them. Keep the frame's length: the host stays aligned, the loss is logged.
+                // The relay holds the bytes, so the driver refused them. Keep the frame's
+                // length: the host stays aligned, and the loss is logged.
                 log::error!("output: splice moved nothing; {left} bytes replaced by zeros");
+                self.relay = None;
                 return self.write_all(&vec![0u8; left]).await;
             }
             let e = io::Error::last_os_error();
@@ -136,6 +147,50 @@ impl Sink {
             }
         }
         Ok(())
+    }
+}
+
+/// A private pipe between a process's pipe and the port, holding exactly one frame's bytes.
+///
+/// Why: virtio_console's splice_write sizes its scatterlist by the pipe's occupancy but fills
+/// it only with the buffers it consumes; when the splice takes less than the whole pipe (the
+/// process appended meanwhile, or a frame ends inside the pipe) the virtqueue gets the unused
+/// entries as zero-length descriptors, which QEMU rejects by breaking the whole device
+/// ("zero sized buffers are not allowed"). A pipe-to-pipe splice moves page references, not
+/// bytes, and the relay is then always spliced out whole.
+struct Relay {
+    read: OwnedFd,
+    write: OwnedFd,
+}
+
+impl Relay {
+    fn new() -> io::Result<Relay> {
+        let (read, write) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)?;
+        // SAFETY: fcntl on a pipe we own; a refusal only makes frames smaller.
+        unsafe {
+            libc::fcntl(
+                write.as_raw_fd(),
+                libc::F_SETPIPE_SZ,
+                FRAME_BYTES as libc::c_int,
+            )
+        };
+        Ok(Relay { read, write })
+    }
+}
+
+/// splice(2) of up to `len` bytes, non-blocking, no offsets: the raw result.
+fn splice(from: &OwnedFd, to: &OwnedFd, len: usize) -> isize {
+    // SAFETY: splice between two descriptors we own, no offsets.
+    unsafe {
+        libc::splice(
+            from.as_raw_fd(),
+            std::ptr::null_mut(),
+            to.as_raw_fd(),
+            std::ptr::null_mut(),
+            len,
+            libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
+        )
     }
 }
 
@@ -200,8 +255,8 @@ impl OutputLink {
         }
     }
 
-    /// Sends one frame: `len` bytes spliced from `pipe` (which holds at least that many), or
-    /// the channel's EOF when `pipe` is `None`. Waits for a host as long as there is none.
+    /// Sends one frame: up to `len` bytes spliced from `pipe` (which holds at least that many),
+    /// or the channel's EOF when `pipe` is `None`. Waits for a host as long as there is none.
     async fn send(&self, channel: u32, pipe: Option<&AsyncFd<OwnedFd>>, len: usize) {
         let mut generation = self.generation.subscribe();
         loop {
@@ -211,6 +266,17 @@ impl OutputLink {
                 let _ = generation.changed().await;
                 continue;
             };
+            let len = match pipe {
+                Some(p) => match sink.fill_relay(p, len) {
+                    Ok(0) => return,
+                    Ok(n) => n,
+                    Err(e) => {
+                        log::warn!("output: channel {channel}: reading the pipe: {e}");
+                        return;
+                    }
+                },
+                None => 0,
+            };
             let header = FrameHeader {
                 channel,
                 len: len as u32,
@@ -218,10 +284,7 @@ impl OutputLink {
             };
             let sent = async {
                 sink.write_all(&header.encode()).await?;
-                match pipe {
-                    Some(p) => sink.splice_all(p, len).await,
-                    None => Ok(()),
-                }
+                sink.drain_relay(len).await
             }
             .await;
             match sent {
