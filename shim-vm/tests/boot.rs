@@ -109,6 +109,10 @@ struct ContainerRun {
     stdout_mib_s: f64,
     /// MiB/s of a process's stdout through the output port.
     port_mib_s: f64,
+    /// MiB/s inside the guest alone: `dd` of /dev/zero to /dev/null, and through a pipe (what
+    /// any stdout costs before it leaves the guest).
+    guest_null_mib_s: f64,
+    guest_pipe_mib_s: f64,
 }
 
 fn rpc(what: &'static str) -> impl Fn(protos::ttrpc::Error) -> String {
@@ -273,6 +277,14 @@ async fn run_container(agent: &Agent, output: &Path) -> Result<ContainerRun, Str
     }
 
     let port_mib_s = port_throughput(agent, output).await?;
+    let dd = "/bin/busybox dd if=/dev/zero bs=1048576 count=256";
+    let guest_null_mib_s = guest_rate(agent, "null", &format!("{dd} of=/dev/null")).await?;
+    let guest_pipe_mib_s = guest_rate(
+        agent,
+        "pipe",
+        &format!("{dd} | /bin/busybox dd of=/dev/null bs=1048576"),
+    )
+    .await?;
 
     let mut close = CloseStdinRequest::new();
     close.stream_id = "c1-in".into();
@@ -305,7 +317,25 @@ async fn run_container(agent: &Agent, output: &Path) -> Result<ContainerRun, Str
         exec: execs[execs.len() / 2],
         stdout_mib_s: MIB as f64 / secs,
         port_mib_s,
+        guest_null_mib_s,
+        guest_pipe_mib_s,
     })
+}
+
+/// MiB/s of a 256 MiB shell pipeline run in the guest (exec and wait included).
+async fn guest_rate(agent: &Agent, name: &str, script: &str) -> Result<f64, String> {
+    let t0 = Instant::now();
+    let status = exec(
+        agent,
+        &format!("rate-{name}"),
+        &["/bin/sh", "-c", script],
+        "",
+    )
+    .await?;
+    if status != 0 {
+        return Err(format!("{script}: exit {status}"));
+    }
+    Ok(256.0 / t0.elapsed().as_secs_f64())
 }
 
 /// `dd` of zeros to stdout through the output port (the shim's path), counted on a host pipe.
@@ -549,12 +579,15 @@ fn boots_answers_health_and_powers_off() {
             println!(
                 "container in the VM printed {:?}; CreateContainer to first output {:.0} ms, \
                  exec (create+wait of `sh -c true`) median {:.0} ms, stdout {:.0} MiB/s \
-                 (ReadStdout), {:.0} MiB/s (output port)",
+                 (ReadStdout), {:.0} MiB/s (output port); in the guest alone: dd to /dev/null \
+                 {:.0} MiB/s, through a pipe {:.0} MiB/s",
                 c.output.trim(),
                 c.create_to_output.as_secs_f64() * 1000.0,
                 c.exec.as_secs_f64() * 1000.0,
                 c.stdout_mib_s,
-                c.port_mib_s
+                c.port_mib_s,
+                c.guest_null_mib_s,
+                c.guest_pipe_mib_s
             );
             // The container sees the guest's kernel, not the host's.
             assert_eq!(c.output.trim(), format!("kernel {}", img.kernel_release));

@@ -1,7 +1,8 @@
 //! Process stdio inside the guest, as named streams the host reads and writes in chunks.
 //!
 //! Why chunks over ttrpc rather than a port per stream: microvm cannot hot-plug devices, and
-//! one channel keeps the host side simple. Reads go straight to the pipe (or pty master): a
+//! one channel keeps the host side simple. Output the host wants fast comes instead through
+//! the one output port, multiplexed in frames (`crate::output`); here it is only a pipe. Reads go straight to the pipe (or pty master): a
 //! process that writes faster than the host reads blocks on its pipe, which is the back-pressure
 //! we want, and the agent buffers nothing.
 

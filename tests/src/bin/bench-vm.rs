@@ -1,6 +1,7 @@
 //! The VM shim beside containerd's Go shim `io.containerd.runc.v2` (runc), on one private
 //! containerd: `ctr run --rm` of `true`, create-to-running (`ctr run -d`), the VM's
-//! boot-to-agent-ready (the shim's own log), exec latency, stdout throughput, and host memory
+//! boot-to-agent-ready (the shim's own log), exec latency, stdout throughput (of `ctr run --rm`,
+//! boot included, and of `ctr task exec` in a running container), and host memory
 //! per idle VM (QEMU plus the shim, PSS). Pairs alternate, ours then Go's; the ratio column is
 //! the median of per-pair ratios.
 //!
@@ -83,6 +84,9 @@ fn main() {
     let mut pss = Metric::new("host PSS per idle container (shim tree)", "MiB", "<= 160");
     let mut rss = Metric::new("host RSS per idle container (shim tree)", "MiB", "");
     let mut tput = Metric::new("stdout 128 MiB via ctr run --rm", "MiB/s", ">= 100");
+    // The same bytes from a running container: the stream alone, without the VM's boot and
+    // shutdown, which `ctr run --rm` counts in.
+    let mut tput_exec = Metric::new("stdout 128 MiB via ctr task exec", "MiB/s", "");
 
     println!("# ctr run --rm, ctr run -d, boot");
     for i in 0..n + 1 {
@@ -169,8 +173,28 @@ fn main() {
             }
         }
     }
+    for ctx in [&ours, &go] {
+        ctx.run_sleeper("t");
+        for r in 0..rounds {
+            let exec_id = format!("dd{r}");
+            let argv = ctx.ctr_argv(&ctx.exec_args("t", &exec_id, &[], &["sh", "-c", &cmd]));
+            let out = bench::run_counting_stdout(&argv, Duration::from_secs(300));
+            if out.code != 0 || out.stdout_bytes != STDOUT_BYTES {
+                ctx.fail(format!("128 MiB exec failed\n{}", out.describe()));
+            }
+            let v = STDOUT_BYTES as f64 / MIB / out.elapsed.as_secs_f64();
+            if ctx.variant.is_vm() {
+                tput_exec.ours.push(v);
+            } else {
+                tput_exec.go.push(v);
+            }
+        }
+        ctx.kill_and_remove("t");
+    }
 
-    let metrics = [&run_rm, &running, &boot, &exec, &pss, &rss, &tput];
+    let metrics = [
+        &run_rm, &running, &boot, &exec, &pss, &rss, &tput, &tput_exec,
+    ];
     println!(
         "\n{:<46} {:>12} {:>12} {:>8} {:>10}",
         "metric (median)", "ours: vm", "Go: runc.v2", "ours/Go", "goal"
