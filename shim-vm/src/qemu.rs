@@ -20,6 +20,15 @@ pub const OUTPUT_SOCKET: &str = "output.sock";
 pub const QMP_SOCKET: &str = "qmp.sock";
 pub const PID_FILE: &str = "qemu.pid";
 
+/// The CPU model under TCG: everything TCG emulates, except the fast-string flags.
+///
+/// Why: with ERMS (or FSRM) the guest kernel copies and clears memory with `rep movsb` /
+/// `rep stosb`, which TCG runs one byte per iteration; without them it uses `rep movsq` or
+/// unrolled loops, 8 bytes at a time. Measured (boot test, one run each, same host load): `dd`
+/// to /dev/null in the guest 358 → 1952 MiB/s, through a pipe 71 → 277 MiB/s, stdout through
+/// the output port 94 → 222 MiB/s, boot-to-ready 3.6 → 2.0 s, exec 112 → 61 ms.
+pub const TCG_CPU: &str = "max,-erms,-fsrm";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Accel {
     Kvm,
@@ -231,7 +240,7 @@ impl VmConfig {
             if self.accel == Accel::Kvm {
                 "host"
             } else {
-                "max"
+                TCG_CPU
             }
             .into(),
             "-m".into(),
@@ -617,6 +626,7 @@ mod tests {
         assert!(!line.contains("rtc=off"));
         let args = c.args().join(" ");
         assert!(args.contains("isa-serial=off"));
+        assert!(args.contains("-cpu max,-erms,-fsrm"));
         assert!(args.contains("path=agent.sock,server=on,wait=off"));
         assert!(args.contains("name=agent"));
         assert!(args.contains("path=output.sock,server=on,wait=off"));
