@@ -24,9 +24,10 @@ pub const PID_FILE: &str = "qemu.pid";
 ///
 /// Why: with ERMS (or FSRM) the guest kernel copies and clears memory with `rep movsb` /
 /// `rep stosb`, which TCG runs one byte per iteration; without them it uses `rep movsq` or
-/// unrolled loops, 8 bytes at a time. Measured (boot test, one run each, same host load): `dd`
-/// to /dev/null in the guest 358 → 1952 MiB/s, through a pipe 71 → 277 MiB/s, stdout through
-/// the output port 94 → 222 MiB/s, boot-to-ready 3.6 → 2.0 s, exec 112 → 61 ms.
+/// unrolled loops, 8 bytes at a time. Measured with the boot test, back to back on a loaded
+/// host: `dd` to /dev/null in the guest 291 → 1774 MiB/s, through a pipe 68 → 223 MiB/s,
+/// stdout through the output port 73 → 256 MiB/s. Exec latency did not change, and boot time
+/// moved within the noise.
 pub const TCG_CPU: &str = "max,-erms,-fsrm";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
