@@ -86,9 +86,7 @@ fn main() {
 
     let guest = matches!(mode, Mode::Guest);
     if guest {
-        if let Err(e) = boot::init_system(&cmdline) {
-            log::error!("boot: {e}");
-        }
+        boot::init_system();
     } else {
         // Orphaned container processes must come back to us to be reaped, as they do to PID 1.
         // SAFETY: plain prctl.
@@ -110,7 +108,7 @@ fn main() {
     };
     let result = rt.block_on(async move {
         let reaper = reaper::Reaper::start();
-        let agent = Arc::new(service::Agent::new(reaper, guest));
+        let agent = Arc::new(service::Agent::new(reaper, guest, cmdline.shares.clone()));
         match mode {
             // Powers off after Shutdown; returns only on failure.
             Mode::Guest => port::serve_guest(agent, &cmdline.port).await,
