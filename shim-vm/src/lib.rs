@@ -16,8 +16,10 @@ pub mod guest_spec;
 pub mod image;
 pub mod kmod;
 pub mod qemu;
+pub mod qmp;
 pub mod runtime;
 pub mod settings;
+pub mod template;
 
 use std::io;
 
