@@ -228,7 +228,12 @@ impl Inner {
         let mut config = settings.vm_config(kernel, initrd, run_dir.clone(), share.clone());
         let mut how = "cold boot";
         let mut booted = None;
-        if let Some(restore) = self.template_for(settings, &config) {
+        // From /proc/cpuinfo, or measured for 20 ms: off the runtime's one thread.
+        let tsc_khz = tokio::task::spawn_blocking(qemu::host_tsc_khz)
+            .await
+            .ok()
+            .flatten();
+        if let Some(restore) = self.template_for(settings, &config, tsc_khz) {
             match crate::template::restore(&restore, &self.reaper, settings.boot_timeout()).await {
                 Ok(b) => {
                     match b.agent.sync_guest(CALL_TIMEOUT).await {
@@ -261,11 +266,14 @@ impl Inner {
                     Some(accel) => {
                         config.accel = accel;
                         if accel == Accel::Tcg {
-                            config.tsc_khz = qemu::host_tsc_khz();
+                            config.tsc_khz = tsc_khz;
                         }
                         qemu::boot_with(&config, &self.reaper, settings.boot_timeout()).await
                     }
-                    None => qemu::boot(&config, &self.reaper, None, settings.boot_timeout()).await,
+                    None => {
+                        config.tsc_khz = tsc_khz;
+                        qemu::boot(&config, &self.reaper, None, settings.boot_timeout()).await
+                    }
                 };
                 let booted = booted.map_err(|e| {
                     remove_run_dir(&run_dir);
@@ -295,7 +303,12 @@ impl Inner {
 
     /// The restore configuration when the image's template fits these settings, decided from
     /// its manifest before anything starts; otherwise `None`, with the reason logged.
-    fn template_for(&self, settings: &VmSettings, config: &VmConfig) -> Option<VmConfig> {
+    fn template_for(
+        &self,
+        settings: &VmSettings,
+        config: &VmConfig,
+        tsc_khz: Option<u64>,
+    ) -> Option<VmConfig> {
         if !settings.template {
             log::debug!("VM template: disabled by the settings");
             return None;
@@ -320,7 +333,7 @@ impl Inner {
         let mut candidate = config.clone();
         candidate.accel = accel;
         if accel == Accel::Tcg {
-            candidate.tsc_khz = qemu::host_tsc_khz();
+            candidate.tsc_khz = tsc_khz;
         }
         match template.mismatch(&candidate) {
             None => Some(template.restore_config(&candidate)),

@@ -7,6 +7,9 @@
 //! `cargo run --release -p shim-e2e --bin bench-vm` (as root, with the guest image built:
 //! `scripts/bench.sh vm` does both). `BENCH_N` (default 10) pairs for latencies,
 //! `BENCH_ROUNDS` (default 3) for memory and throughput, `BENCH_JSON=FILE` for JSON output.
+//! Memory is measured for one idle VM at a time, and for `BENCH_IDLE` (default 3) idle VMs at
+//! once (the sum over their shim trees, divided by their number): VMs restored from one
+//! template share the pages of its memory file they only read, which PSS divides among them.
 
 use std::time::Duration;
 
@@ -82,6 +85,8 @@ fn main() {
     let mut exec = Metric::new("ctr task exec true", "ms", "<= 50");
     let mut pss = Metric::new("host PSS per idle container (shim tree)", "MiB", "<= 160");
     let mut rss = Metric::new("host RSS per idle container (shim tree)", "MiB", "");
+    let idle = env_usize("BENCH_IDLE", 3).max(1);
+    let mut pss_many = Metric::new("host PSS per idle ctr, BENCH_IDLE at once", "MiB", "<= 160");
     let mut tput = Metric::new("stdout 128 MiB via ctr run --rm", "MiB/s", ">= 100");
 
     println!("# ctr run --rm, ctr run -d, boot");
@@ -148,6 +153,32 @@ fn main() {
         }
     }
 
+    println!("# memory, {idle} idle at once");
+    for r in 0..rounds {
+        for ctx in [&ours, &go] {
+            let ids: Vec<String> = (0..idle).map(|i| format!("n{r}-{i}")).collect();
+            for id in &ids {
+                ctx.run_sleeper(id);
+            }
+            std::thread::sleep(Duration::from_secs(2));
+            let mut total = 0.0;
+            for id in &ids {
+                let shim = ctx.shim_pid(id);
+                let m = bench::memory_of(&bench::shim_tree(shim, &ctx.cgroup_rel(id)));
+                total += m.pss_kib as f64 / 1024.0;
+            }
+            let v = if ctx.variant.is_vm() {
+                &mut pss_many.ours
+            } else {
+                &mut pss_many.go
+            };
+            v.push(total / idle as f64);
+            for id in &ids {
+                ctx.kill_and_remove(id);
+            }
+        }
+    }
+
     println!("# stdout throughput");
     let cmd = format!(
         "dd if=/dev/zero bs=1M count={} 2>/dev/null",
@@ -170,7 +201,9 @@ fn main() {
         }
     }
 
-    let metrics = [&run_rm, &running, &boot, &exec, &pss, &rss, &tput];
+    let metrics = [
+        &run_rm, &running, &boot, &exec, &pss, &rss, &pss_many, &tput,
+    ];
     println!(
         "\n{:<46} {:>12} {:>12} {:>8} {:>10}",
         "metric (median)", "ours: vm", "Go: runc.v2", "ours/Go", "goal"
