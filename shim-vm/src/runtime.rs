@@ -335,7 +335,10 @@ impl Inner {
         if accel == Accel::Tcg {
             candidate.tsc_khz = tsc_khz;
         }
-        match template.mismatch(&candidate) {
+        match template
+            .mismatch(&candidate)
+            .or_else(|| template.unusable_here())
+        {
             None => Some(template.restore_config(&candidate)),
             Some(why) => {
                 log::info!(

@@ -236,6 +236,40 @@ impl Template {
         None
     }
 
+    /// Why this template cannot be used on this host even though the settings match, or
+    /// `None`. QEMU 7.2 opens a guest RAM file read-write even for a private (`share=off`)
+    /// mapping, through which it writes nothing (8.2 added `readonly=on,rom=off` for exactly
+    /// this); on a read-only image cache the restore would fail, so that is decided here,
+    /// without trying.
+    pub fn unusable_here(&self) -> Option<String> {
+        use nix::unistd::{access, AccessFlags};
+        let memory = self.dir.join(MEMORY);
+        let state = self.dir.join(STATE);
+        let want = u64::from(self.manifest.memory_mib) << 20;
+        match fs::metadata(&memory) {
+            Ok(m) if m.len() == want => {}
+            Ok(m) => {
+                return Some(format!(
+                    "{} has {} bytes, not {want}",
+                    memory.display(),
+                    m.len()
+                ))
+            }
+            Err(e) => return Some(format!("{}: {e}", memory.display())),
+        }
+        if let Err(e) = access(&state, AccessFlags::R_OK) {
+            return Some(format!("{}: {e}", state.display()));
+        }
+        if access(&memory, AccessFlags::R_OK | AccessFlags::W_OK).is_err() {
+            return Some(format!(
+                "{} cannot be opened read-write here, which QEMU 7.2 needs even for a private \
+                 mapping (it writes nothing through it)",
+                memory.display()
+            ));
+        }
+        None
+    }
+
     /// `config` restored from this template: RAM a private mapping of its memory, the device
     /// state as the incoming migration, and the template's TSC value (the guest calibrated
     /// with it once; the command line then stays the template's exactly).
@@ -613,5 +647,13 @@ mod tests {
         let t = Template::load(dir.path()).unwrap().unwrap();
         assert_eq!(t.manifest, m);
         assert_eq!(t.dir, fs::canonicalize(&tdir).unwrap());
+        // Usable only with a state file and a memory file of the guest's size.
+        assert!(t.unusable_here().is_some());
+        fs::write(tdir.join(STATE), b"s").unwrap();
+        let mem = fs::File::create(tdir.join(MEMORY)).unwrap();
+        mem.set_len(1 << 20).unwrap();
+        assert!(t.unusable_here().unwrap().contains("bytes"));
+        mem.set_len(u64::from(m.memory_mib) << 20).unwrap();
+        assert_eq!(t.unusable_here(), None);
     }
 }
