@@ -47,6 +47,8 @@ pub const LINK: &str = "template";
 pub const MEMORY: &str = "memory";
 pub const STATE: &str = "state";
 pub const MANIFEST: &str = "template.toml";
+/// Where the builder makes a template before publishing it.
+const STAGING: &str = "template.tmp";
 /// Bumped when what a template holds or how it is restored changes.
 const FORMAT: u32 = 1;
 /// How far the host TSC may be from the template's, in parts per million: under TCG the guest
@@ -329,6 +331,7 @@ pub async fn restore(
             .incoming_fd
             .ok_or_else(|| Error::Format("a restore needs the template's state file".into()))?;
         let mut qmp = Qmp::connect(&config.run_dir.join(qemu::QMP_SOCKET), end).await?;
+        let monitor = vm.started.elapsed();
         qmp.execute("migrate-set-capabilities", capabilities())
             .await?;
         qmp.execute("migrate-incoming", json!({ "uri": format!("fd:{fd}") }))
@@ -338,7 +341,15 @@ pub async fn restore(
         if status.get("running").and_then(|r| r.as_bool()) != Some(true) {
             qmp.execute("cont", json!({})).await?;
         }
-        crate::agent::Agent::connect(&vm.agent_socket(), end).await
+        let running = vm.started.elapsed();
+        let agent = crate::agent::Agent::connect(&vm.agent_socket(), end).await?;
+        log::debug!(
+            "restore: QMP up at {} ms, guest running at {} ms, agent answered at {} ms",
+            monitor.as_millis(),
+            running.as_millis(),
+            vm.started.elapsed().as_millis()
+        );
+        Ok(agent)
     };
     let outcome = tokio::select! {
         r = tokio::time::timeout_at(end.into(), steps) => match r {
@@ -396,6 +407,8 @@ pub fn build(opts: &BuildOptions, log: &mut dyn FnMut(&str)) -> Result<PathBuf> 
             Ok(dir) => return Ok(dir),
             Err(e) => {
                 log(&format!("template under {}: {e}", accel.as_str()));
+                // The error carries QEMU's log; the half-made template (a RAM-sized file) goes.
+                let _ = fs::remove_dir_all(opts.cache_dir.join(STAGING));
                 last = Some(e);
             }
         }
@@ -410,7 +423,7 @@ fn build_with(
     rt: &tokio::runtime::Runtime,
     log: &mut dyn FnMut(&str),
 ) -> Result<PathBuf> {
-    let staging = opts.cache_dir.join("template.tmp");
+    let staging = opts.cache_dir.join(STAGING);
     let mut config = settings.vm_config(
         opts.kernel.clone(),
         opts.initrd.clone(),
