@@ -283,7 +283,8 @@ fn vm_console_log_clean(ctx: &Ctx) {
 /// saved when the image was built), and each has random state of its own (the template's is
 /// the same for every VM made from it; the host's SyncGuest reseeds it). The VMs are told apart
 /// by their QEMU processes, not by boot ids; the boot ids must differ too: the kernel draws its
-/// boot id at the first read, which comes after the reseed.
+/// boot id at the first read, which comes after the reseed. With `template = false` the VM
+/// boots cold.
 fn vm_template_fresh_clock_and_entropy(ctx: &Ctx) {
     if !vm_only(ctx, "vm_template_fresh_clock_and_entropy") {
         return;
@@ -337,4 +338,38 @@ fn vm_template_fresh_clock_and_entropy(ctx: &Ctx) {
     });
     ctx.kill_and_remove("c1");
     ctx.kill_and_remove("c2");
+
+    // `template = false` boots cold, template or not.
+    let config = ctx.work.join("runtime-vm-no-template.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "image = {}\ntemplate = false\n",
+            serde_json::Value::String(guest_image_dir().display().to_string())
+        ),
+    )
+    .expect("writing the runtime config");
+    let config = config.display().to_string();
+    let fifo = ctx.daemon.fifo_dir.display().to_string();
+    let out = ctx.ctr(&[
+        "run",
+        "--runtime",
+        &ctx.rt.runtime,
+        "--runtime-config-path",
+        &config,
+        "--fifo-dir",
+        &fifo,
+        "-d",
+        IMAGE,
+        "c3",
+        "sleep",
+        "100000",
+    ]);
+    ctx.check(&out, "ctr run -d with template = false");
+    ctx.wait_status("c3", "RUNNING", Duration::from_secs(30));
+    let args = procfs::cmdline(ctx.vm_pid("c3"));
+    ctx.ensure(!args.iter().any(|a| a == "-incoming"), || {
+        format!("with template = false the VM was restored anyway: {args:?}")
+    });
+    ctx.kill_and_remove("c3");
 }
