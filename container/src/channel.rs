@@ -26,10 +26,12 @@ pub enum Message {
     Config(Box<crate::init::SetupConfig>),
     /// setup → runtime: a user namespace exists; write the id maps of this pid.
     NeedIdMaps { pid: u32 },
-    /// runtime → setup: id maps written / cgroup joined / hooks run: go on.
+    /// runtime → setup: id maps written / no cgroup to join / hooks run: go on.
     Continue,
-    /// setup → runtime: ready to be placed into the cgroup (pid of the setup process).
-    NeedCgroup { pid: u32 },
+    /// setup → runtime: which cgroup is mine?
+    NeedCgroup,
+    /// runtime → setup: join this cgroup (the setup process moves itself, see `Placement`).
+    JoinCgroup(crate::cgroups::Placement),
     /// setup → runtime: the container process exists; its pid in the runtime's pid namespace.
     Pid { pid: u32 },
     /// setup → runtime: namespaces and mounts are ready, before pivot_root (prestart and

@@ -9,7 +9,7 @@
 //! Start, then execs the program.
 
 use std::fs::File;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
 use nix::sched::CloneFlags;
@@ -17,8 +17,10 @@ use nix::unistd::ForkResult;
 use oci_spec::runtime::{LinuxNamespaceType, Process, Spec};
 use serde::{Deserialize, Serialize};
 
+use crate::cgroups::{join_v2_slow, Placement};
 use crate::channel::{Channel, Message};
 use crate::error::{Error, Result};
+use crate::fork::fork_into;
 use crate::hooks::{self, State};
 use crate::process::Prepared;
 use crate::rootfs;
@@ -101,9 +103,31 @@ fn setns(path: &Path, flag: CloneFlags) -> Result<()> {
         .map_err(|e| Error::sys(format!("joining namespace {}", path.display()), e))
 }
 
+/// What the container's process does about the cgroup namespace, once it exists: that
+/// namespace is entered only by the child, after it was born in the container's cgroup, so
+/// that a new one is rooted there (and so that moving into the cgroup never has to cross a
+/// cgroup namespace).
+enum CgroupNs {
+    Keep,
+    New,
+    Join(File),
+}
+
+impl CgroupNs {
+    fn enter(self) -> Result<()> {
+        match self {
+            CgroupNs::Keep => Ok(()),
+            CgroupNs::New => nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP)
+                .map_err(|e| Error::sys("creating the cgroup namespace", e)),
+            CgroupNs::Join(f) => nix::sched::setns(f, CloneFlags::CLONE_NEWCGROUP)
+                .map_err(|e| Error::sys("joining the container's cgroup namespace", e)),
+        }
+    }
+}
+
 /// The namespaces of a new container: joined by path, or created. The user namespace comes
-/// first (it owns the others), then the rest.
-fn enter_namespaces(ch: &Channel, spec: &Spec) -> Result<bool> {
+/// first (it owns the others), then the rest; the cgroup namespace is left to the child.
+fn enter_namespaces(ch: &Channel, spec: &Spec) -> Result<(bool, CgroupNs)> {
     let namespaces = spec
         .linux()
         .as_ref()
@@ -114,10 +138,17 @@ fn enter_namespaces(ch: &Channel, spec: &Spec) -> Result<bool> {
     let (user, others): (Vec<_>, Vec<_>) = namespaces
         .iter()
         .partition(|n| n.typ() == LinuxNamespaceType::User);
+    let mut cgroup_ns = CgroupNs::Keep;
     for n in user.iter().chain(others.iter()) {
         let flag = ns_flag(n.typ());
         match n.path() {
+            Some(p) if !p.as_os_str().is_empty() && n.typ() == LinuxNamespaceType::Cgroup => {
+                let f = File::open(p)
+                    .map_err(|e| Error::io(format!("opening namespace {}", p.display()), e))?;
+                cgroup_ns = CgroupNs::Join(f);
+            }
             Some(p) if !p.as_os_str().is_empty() => setns(p, flag)?,
+            _ if n.typ() == LinuxNamespaceType::Cgroup => cgroup_ns = CgroupNs::New,
             _ if n.typ() == LinuxNamespaceType::User => {
                 nix::sched::unshare(flag)
                     .map_err(|e| Error::sys("creating the user namespace", e))?;
@@ -138,7 +169,40 @@ fn enter_namespaces(ch: &Channel, spec: &Spec) -> Result<bool> {
         nix::sched::unshare(new)
             .map_err(|e| Error::sys(format!("creating namespaces {new:?}"), e))?;
     }
-    Ok(new_user)
+    Ok((new_user, cgroup_ns))
+}
+
+/// Joins the container's cgroup itself (see [`Placement`]): v1 hierarchies at once, and
+/// returns the v2 directory for the fork to be born in. When the process is about to be in
+/// another user namespace, it could no longer move anything into the host's cgroups, so v2
+/// is joined now, the slow way.
+fn join_cgroup(placement: &Placement, user_ns_ahead: bool) -> Result<Option<OwnedFd>> {
+    let cgroup_err =
+        |e: crate::cgroups::CgroupError| Error::Setup(format!("joining the cgroup: {e}"));
+    placement.join_v1_current_thread().map_err(cgroup_err)?;
+    let v2 = placement.open_v2().map_err(cgroup_err)?;
+    match v2 {
+        Some(dir) if user_ns_ahead => {
+            join_v2_slow(&dir).map_err(|e| Error::io("joining the v2 cgroup", e))?;
+            Ok(None)
+        }
+        v2 => Ok(v2),
+    }
+}
+
+/// Whether the setup process will be in another user namespace than now when it forks.
+fn user_ns_ahead(mode: &SetupMode, spec: &Spec) -> bool {
+    match mode {
+        SetupMode::Create => spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.namespaces().as_ref())
+            .is_some_and(|ns| ns.iter().any(|n| n.typ() == LinuxNamespaceType::User)),
+        SetupMode::Exec { init_pid, .. } => {
+            std::fs::read_link("/proc/self/ns/user").ok()
+                != std::fs::read_link(format!("/proc/{init_pid}/ns/user")).ok()
+        }
+    }
 }
 
 fn stage1(ch: &Channel) -> Result<std::convert::Infallible> {
@@ -151,11 +215,20 @@ fn stage1(ch: &Channel) -> Result<std::convert::Infallible> {
         }
     };
     let spec = load_spec(&config.bundle)?;
-    ch.send(&Message::NeedCgroup {
-        pid: std::process::id(),
-    })?;
-    expect_continue(ch)?;
-    let in_userns = match &config.mode {
+    ch.send(&Message::NeedCgroup)?;
+    let v2 = match ch.recv()? {
+        Some(Message::Continue) => None,
+        Some(Message::JoinCgroup(placement)) => {
+            join_cgroup(&placement, user_ns_ahead(&config.mode, &spec))?
+        }
+        Some(other) => {
+            return Err(Error::Protocol(format!(
+                "expected the cgroup, got {other:?}"
+            )))
+        }
+        None => return Err(Error::Protocol("the runtime went away".into())),
+    };
+    let (in_userns, cgroup_ns) = match &config.mode {
         SetupMode::Create => enter_namespaces(ch, &spec)?,
         SetupMode::Exec { init_pid, .. } => join_container(*init_pid)?,
     };
@@ -164,7 +237,7 @@ fn stage1(ch: &Channel) -> Result<std::convert::Infallible> {
     let (gate_r, gate_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|e| Error::sys("creating a pipe", e))?;
     // SAFETY: this process is single-threaded (a fresh exec), so the child may do anything.
-    match unsafe { nix::unistd::fork() }.map_err(|e| Error::sys("fork", e))? {
+    match unsafe { fork_into(v2.as_ref()) }? {
         ForkResult::Parent { child } => {
             drop(gate_r);
             ch.send(&Message::Pid {
@@ -181,6 +254,8 @@ fn stage1(ch: &Channel) -> Result<std::convert::Infallible> {
             }
         }
     }
+    drop(v2);
+    cgroup_ns.enter()?;
     let err = match stage2(ch, &config, &spec, in_userns) {
         Ok(never) => match never {},
         Err(e) => e,
@@ -188,9 +263,10 @@ fn stage1(ch: &Channel) -> Result<std::convert::Infallible> {
     Err(err)
 }
 
-/// Joins every namespace of the running container `pid`. The fds are opened before any
-/// setns, since joining the mount namespace changes what /proc means.
-fn join_container(pid: u32) -> Result<bool> {
+/// Joins every namespace of the running container `pid` but the cgroup one, which is left
+/// to the child (see [`CgroupNs`]). The fds are opened before any setns, since joining the
+/// mount namespace changes what /proc means.
+fn join_container(pid: u32) -> Result<(bool, CgroupNs)> {
     let own_user = std::fs::read_link("/proc/self/ns/user").ok();
     let mut targets = Vec::new();
     for (name, flag) in [
@@ -214,11 +290,16 @@ fn join_container(pid: u32) -> Result<bool> {
     }
     let in_userns = targets.iter().any(|(n, _, _)| *n == "user")
         || own_user != std::fs::read_link(format!("/proc/{pid}/ns/user")).ok();
+    let mut cgroup_ns = CgroupNs::Keep;
     for (name, f, flag) in targets {
+        if flag == CloneFlags::CLONE_NEWCGROUP {
+            cgroup_ns = CgroupNs::Join(f);
+            continue;
+        }
         nix::sched::setns(f, flag)
             .map_err(|e| Error::sys(format!("joining the container's {name} namespace"), e))?;
     }
-    Ok(in_userns)
+    Ok((in_userns, cgroup_ns))
 }
 
 fn stage2(

@@ -189,13 +189,10 @@ impl Launcher {
                 ));
             };
             match msg {
-                Message::NeedCgroup { pid } => {
-                    if let Some(cg) = cgroup {
-                        cg.add_pid(pid)
-                            .map_err(|e| Error::Setup(format!("joining the cgroup: {e}")))?;
-                    }
-                    ch.send(&Message::Continue).await?;
-                }
+                Message::NeedCgroup => match cgroup {
+                    Some(cg) => ch.send(&Message::JoinCgroup(cg.placement())).await?,
+                    None => ch.send(&Message::Continue).await?,
+                },
                 Message::NeedIdMaps { pid } => {
                     write_id_maps(pid, spec)?;
                     ch.send(&Message::Continue).await?;

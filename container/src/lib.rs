@@ -9,6 +9,7 @@ pub mod capabilities;
 pub mod cgroups;
 pub mod channel;
 pub mod error;
+pub mod fork;
 pub mod hooks;
 pub mod init;
 pub mod launch;

@@ -13,6 +13,7 @@ pub mod cli;
 pub mod error;
 pub mod events;
 pub mod id;
+pub mod idle;
 pub mod logger;
 pub mod mount;
 pub mod options;

@@ -29,6 +29,7 @@ use crate::cgroups::OomWatcher;
 use crate::error::{Error, Result};
 use crate::events::{timestamp, to_any, Publisher};
 use crate::id;
+use crate::idle::IdleTrim;
 use crate::mount::{self, Mount};
 use crate::options::{default_settings_file, Options};
 use crate::reaper::Exit;
@@ -146,6 +147,7 @@ pub struct TaskService<R: Runtime> {
     pids: Mutex<PidIndex>,
     shutdown: Arc<Notify>,
     settings_file: PathBuf,
+    idle: IdleTrim,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -172,6 +174,7 @@ impl<R: Runtime> TaskService<R> {
             pids: Mutex::new(PidIndex::default()),
             shutdown: Arc::new(Notify::new()),
             settings_file: default_settings_file(R::NAME),
+            idle: IdleTrim::start(),
         });
         let mut exits = runtime.exits();
         let weak = Arc::downgrade(&service);
@@ -179,9 +182,19 @@ impl<R: Runtime> TaskService<R> {
             while let Some(exit) = exits.recv().await {
                 let Some(service) = weak.upgrade() else { break };
                 service.on_exit(exit).await;
+                service.idle.busy();
             }
         });
         service
+    }
+
+    /// Every request ends here: its answer, and the start of a quiet spell (see [`IdleTrim`]).
+    fn reply<T>(&self, method: &str, r: Result<T>) -> ttrpc::Result<T> {
+        self.idle.busy();
+        r.map_err(|e| {
+            log::debug!("{method}: {e}");
+            e.into()
+        })
     }
 
     /// Fires when Shutdown found no container left.
@@ -824,17 +837,10 @@ fn fill_delete(resp: &mut DeleteResponse, p: &Process) {
     }
 }
 
-fn reply<T>(method: &str, r: Result<T>) -> ttrpc::Result<T> {
-    r.map_err(|e| {
-        log::debug!("{method}: {e}");
-        e.into()
-    })
-}
-
 #[async_trait]
 impl<R: Runtime> protos::shim_ttrpc::Task for TaskService<R> {
     async fn state(&self, _: &TtrpcContext, req: StateRequest) -> ttrpc::Result<StateResponse> {
-        reply("state", self.do_state(req).await)
+        self.reply("state", self.do_state(req).await)
     }
 
     async fn create(
@@ -843,30 +849,30 @@ impl<R: Runtime> protos::shim_ttrpc::Task for TaskService<R> {
         req: CreateTaskRequest,
     ) -> ttrpc::Result<CreateTaskResponse> {
         log::info!("create {} in {}", req.id, req.bundle);
-        reply("create", self.do_create(req).await)
+        self.reply("create", self.do_create(req).await)
     }
 
     async fn start(&self, _: &TtrpcContext, req: StartRequest) -> ttrpc::Result<StartResponse> {
-        reply("start", self.do_start(req).await)
+        self.reply("start", self.do_start(req).await)
     }
 
     async fn delete(&self, _: &TtrpcContext, req: DeleteRequest) -> ttrpc::Result<DeleteResponse> {
-        reply("delete", self.do_delete(req).await)
+        self.reply("delete", self.do_delete(req).await)
     }
 
     async fn pids(&self, _: &TtrpcContext, req: PidsRequest) -> ttrpc::Result<PidsResponse> {
-        reply("pids", self.do_pids(req).await)
+        self.reply("pids", self.do_pids(req).await)
     }
 
     async fn pause(&self, _: &TtrpcContext, req: PauseRequest) -> ttrpc::Result<Empty> {
-        reply(
+        self.reply(
             "pause",
             self.do_pause(&req.id, true).await.map(|_| Empty::new()),
         )
     }
 
     async fn resume(&self, _: &TtrpcContext, req: ResumeRequest) -> ttrpc::Result<Empty> {
-        reply(
+        self.reply(
             "resume",
             self.do_pause(&req.id, false).await.map(|_| Empty::new()),
         )
@@ -884,20 +890,20 @@ impl<R: Runtime> protos::shim_ttrpc::Task for TaskService<R> {
             self.runtime.checkpoint(&c.info, &req.path, &opts).await
         }
         .await;
-        reply("checkpoint", r.map(|_| Empty::new()))
+        self.reply("checkpoint", r.map(|_| Empty::new()))
     }
 
     async fn kill(&self, _: &TtrpcContext, req: KillRequest) -> ttrpc::Result<Empty> {
-        reply("kill", self.do_kill(req).await.map(|_| Empty::new()))
+        self.reply("kill", self.do_kill(req).await.map(|_| Empty::new()))
     }
 
     async fn exec(&self, _: &TtrpcContext, req: ExecProcessRequest) -> ttrpc::Result<Empty> {
-        reply("exec", self.do_exec(req).await.map(|_| Empty::new()))
+        self.reply("exec", self.do_exec(req).await.map(|_| Empty::new()))
     }
 
     async fn resize_pty(&self, _: &TtrpcContext, req: ResizePtyRequest) -> ttrpc::Result<Empty> {
         let r = self.do_resize(req).await;
-        reply("resize_pty", r.map(|_| Empty::new()))
+        self.reply("resize_pty", r.map(|_| Empty::new()))
     }
 
     async fn close_io(&self, _: &TtrpcContext, req: CloseIORequest) -> ttrpc::Result<Empty> {
@@ -909,7 +915,7 @@ impl<R: Runtime> protos::shim_ttrpc::Task for TaskService<R> {
                 Ok(())
             })
             .await;
-        reply("close_io", r.map(|_| Empty::new()))
+        self.reply("close_io", r.map(|_| Empty::new()))
     }
 
     async fn update(&self, _: &TtrpcContext, req: UpdateTaskRequest) -> ttrpc::Result<Empty> {
@@ -924,11 +930,11 @@ impl<R: Runtime> protos::shim_ttrpc::Task for TaskService<R> {
             self.runtime.update(&c.info, resources).await
         }
         .await;
-        reply("update", r.map(|_| Empty::new()))
+        self.reply("update", r.map(|_| Empty::new()))
     }
 
     async fn wait(&self, _: &TtrpcContext, req: WaitRequest) -> ttrpc::Result<WaitResponse> {
-        reply("wait", self.do_wait(req).await)
+        self.reply("wait", self.do_wait(req).await)
     }
 
     async fn stats(&self, _: &TtrpcContext, req: StatsRequest) -> ttrpc::Result<StatsResponse> {
@@ -941,7 +947,7 @@ impl<R: Runtime> protos::shim_ttrpc::Task for TaskService<R> {
             Ok(resp)
         }
         .await;
-        reply("stats", r)
+        self.reply("stats", r)
     }
 
     async fn connect(
@@ -958,7 +964,7 @@ impl<R: Runtime> protos::shim_ttrpc::Task for TaskService<R> {
             Ok(resp)
         }
         .await;
-        reply("connect", r)
+        self.reply("connect", r)
     }
 
     async fn shutdown(&self, _: &TtrpcContext, _req: ShutdownRequest) -> ttrpc::Result<Empty> {

@@ -136,15 +136,6 @@ async fn destroy_cgroup(cg: &Cgroup) -> container::cgroups::Result<()> {
     last
 }
 
-/// Hands the heap's free pages back to the kernel. Creating a container allocates what an idle
-/// daemon no longer needs (the spec, setup messages, hook state); Start is where that ends.
-fn trim_heap() {
-    // SAFETY: malloc_trim only releases free memory.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
 fn stdio3(io: ProcessIo) -> Stdio3 {
     Stdio3 {
         stdin: io.stdin,
@@ -280,7 +271,6 @@ impl Runtime for ProcessRuntime {
             Error::FailedPrecondition(format!("container {} is already started", c.id))
         })?;
         launched.start().await.map_err(typed)?;
-        trim_heap();
         let hooks = Self::spec_hooks(&spec, |h| h.poststart().clone());
         if !hooks.is_empty() {
             let state = State::new(&spec, &c.id, "running", pid, c.bundle.path());

@@ -19,6 +19,7 @@ pub struct Agent {
 /// The longest unix socket path connect() takes, less the NUL.
 const SUN_PATH_MAX: usize = 107;
 
+/// Connects to a unix socket, also one whose path is longer than `sun_path`.
 pub(crate) async fn connect_socket(path: &Path) -> std::io::Result<UnixStream> {
     if path.as_os_str().len() <= SUN_PATH_MAX {
         return UnixStream::connect(path).await;
@@ -89,6 +90,34 @@ impl Agent {
             .health(Self::ctx(timeout), &req)
             .await
             .map_err(|e| Error::Agent(format!("Health: {e}")))
+    }
+
+    /// Hands the guest the host's clock and fresh entropy (SyncGuest): a VM restored from a
+    /// template wakes with the template's clock and random state.
+    pub async fn sync_guest(&self, timeout: Duration) -> Result<()> {
+        let mut entropy = vec![0u8; 64];
+        // SAFETY: getrandom fills the buffer we own, up to its length.
+        let n = unsafe { libc::getrandom(entropy.as_mut_ptr().cast(), entropy.len(), 0) };
+        if n != entropy.len() as isize {
+            return Err(Error::io(
+                "reading host entropy",
+                std::io::Error::last_os_error(),
+            ));
+        }
+        let mut req = protos::agent::SyncGuestRequest::new();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let mut ts = protobuf::well_known_types::timestamp::Timestamp::new();
+        ts.seconds = now.as_secs() as i64;
+        ts.nanos = now.subsec_nanos() as i32;
+        req.now = protobuf::MessageField::some(ts);
+        req.entropy = entropy;
+        self.client
+            .sync_guest(Self::ctx(timeout), &req)
+            .await
+            .map(|_| ())
+            .map_err(|e| Error::Agent(format!("SyncGuest: {e}")))
     }
 
     /// Asks the guest to power off. The reply can be lost when the VM goes down first, so a

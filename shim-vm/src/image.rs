@@ -11,12 +11,16 @@
 //!    `+crt-static`);
 //! 4. resolve the module list in dependency order (see [`kmod`]) and write the cpio (see
 //!    [`cpio`]) — rebuilt only when the hash of its inputs (package checksum, module list, agent
-//!    binary) differs from the one stored beside it.
+//!    binary) differs from the one stored beside it;
+//! 5. make the VM template (see [`template`]): the default VM booted once and saved, remade only
+//!    when its inputs (the files above, QEMU, the command line) change. Without QEMU, or if it
+//!    fails, the image is still complete and the shim boots cold.
 //!
 //! [`deb`]: crate::deb
 //! [`bzimage`]: crate::bzimage
 //! [`kmod`]: crate::kmod
 //! [`cpio`]: crate::cpio
+//! [`template`]: crate::template
 
 use std::fs::{self, File};
 use std::io::{BufWriter, Write};
@@ -51,6 +55,10 @@ pub struct BuildOptions {
     pub modules: Vec<String>,
     /// A prebuilt static agent instead of building one.
     pub agent: Option<PathBuf>,
+    /// Make the VM template too.
+    pub template: bool,
+    /// The QEMU the template is made with (the shim's default: by name from PATH).
+    pub qemu: PathBuf,
 }
 
 impl BuildOptions {
@@ -61,6 +69,8 @@ impl BuildOptions {
             kernel_package: DEFAULT_KERNEL_PACKAGE.to_string(),
             modules: MICROVM_MODULES.iter().map(|m| m.to_string()).collect(),
             agent: None,
+            template: true,
+            qemu: PathBuf::from("qemu-system-x86_64"),
         }
     }
 }
@@ -95,6 +105,8 @@ pub struct GuestImage {
     pub modules: Vec<String>,
     /// Whether the initramfs was written this time (false: the cached one was current).
     pub initrd_rebuilt: bool,
+    /// The VM template's directory, when one was made (or kept).
+    pub template: Option<PathBuf>,
 }
 
 /// A kernel package as apt would fetch it.
@@ -534,7 +546,25 @@ pub fn build(opts: &BuildOptions, log: &mut dyn FnMut(&str)) -> Result<GuestImag
         inputs,
     );
     write_atomic(&opts.cache_dir.join("image.toml"), manifest.as_bytes())?;
+    let template = if opts.template {
+        let t = crate::template::BuildOptions {
+            cache_dir: opts.cache_dir.clone(),
+            kernel: kernel.clone(),
+            initrd: initrd.clone(),
+            qemu: opts.qemu.clone(),
+        };
+        match crate::template::build(&t, log) {
+            Ok(dir) => Some(dir),
+            Err(e) => {
+                log(&format!("no VM template (VMs will boot cold): {e}"));
+                None
+            }
+        }
+    } else {
+        None
+    };
     Ok(GuestImage {
+        template,
         kernel,
         initrd,
         kernel_release: release,
@@ -546,7 +576,7 @@ pub fn build(opts: &BuildOptions, log: &mut dyn FnMut(&str)) -> Result<GuestImag
 /// The command line of `shim-vm-image` (and `containerd-shim-vm-v1 image`).
 pub fn cli_main(args: &[String]) -> i32 {
     let usage = "usage: shim-vm-image [--workspace DIR] [--cache-dir DIR] [--kernel-package PKG] \
-                 [--modules a,b,c] [--agent PATH]";
+                 [--modules a,b,c] [--agent PATH] [--qemu PATH] [--no-template]";
     let workspace = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
     let mut opts = BuildOptions::new(workspace);
     let mut cache_set = false;
@@ -571,6 +601,11 @@ pub fn cli_main(args: &[String]) -> i32 {
                     .collect()
             }),
             "--agent" => value(a).map(|v| opts.agent = Some(PathBuf::from(v))),
+            "--qemu" => value(a).map(|v| opts.qemu = PathBuf::from(v)),
+            "--no-template" => {
+                opts.template = false;
+                Ok(())
+            }
             "-h" | "--help" => {
                 println!("{usage}");
                 return 0;
@@ -590,6 +625,9 @@ pub fn cli_main(args: &[String]) -> i32 {
             println!("kernel={}", img.kernel.display());
             println!("initrd={}", img.initrd.display());
             println!("release={}", img.kernel_release);
+            if let Some(t) = &img.template {
+                println!("template={}", t.display());
+            }
             0
         }
         Err(e) => {

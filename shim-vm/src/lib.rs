@@ -17,8 +17,10 @@ pub mod image;
 pub mod kmod;
 pub mod output;
 pub mod qemu;
+pub mod qmp;
 pub mod runtime;
 pub mod settings;
+pub mod template;
 
 use std::io;
 

@@ -167,6 +167,30 @@ pub struct VmConfig {
     pub tsc_khz: Option<u64>,
     /// QEMU's `-M` instead of the measured microvm line.
     pub machine: Option<String>,
+    /// Guest RAM from a file instead of anonymous memory: a VM template's (see [`crate::template`]).
+    pub memory_file: Option<MemoryFile>,
+    /// Start paused, waiting for a migration stream (`-incoming defer`): this file, handed to
+    /// QEMU as an inherited descriptor and named over QMP by [`crate::template::restore`].
+    pub incoming: Option<PathBuf>,
+}
+
+/// Guest RAM backed by a file (`memory-backend-file`, id [`MEMORY_ID`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemoryFile {
+    pub path: PathBuf,
+    /// `share=on`: writes reach the file (making a template). `share=off`: a private
+    /// copy-on-write mapping (a VM restored from it): pages the guest never writes stay the
+    /// file's page cache, shared by every VM made from the template.
+    pub shared: bool,
+}
+
+/// The id of the guest RAM backend; a migration names RAM blocks by it, so a template and the
+/// VMs restored from it must agree.
+pub const MEMORY_ID: &str = "mem";
+
+/// Escapes a value for QEMU's `key=value,...` option syntax, where a comma is doubled.
+pub fn opt_value(p: &Path) -> String {
+    p.display().to_string().replace(',', ",,")
 }
 
 impl VmConfig {
@@ -184,6 +208,8 @@ impl VmConfig {
             share: None,
             tsc_khz: None,
             machine: None,
+            memory_file: None,
+            incoming: None,
         }
     }
 
@@ -225,13 +251,16 @@ impl VmConfig {
 
     /// QEMU's arguments; paths of sockets are relative to `run_dir`, where QEMU runs.
     pub fn args(&self) -> Vec<String> {
-        let machine = match &self.machine {
+        let mut machine = match &self.machine {
             Some(m) => m.clone(),
             None if self.console_log.is_none() => {
                 "microvm,x-option-roms=off,pit=off,pic=off,isa-serial=off".to_string()
             }
             None => "microvm,x-option-roms=off,pit=off,pic=off".to_string(),
         };
+        if self.memory_file.is_some() {
+            machine.push_str(&format!(",memory-backend={MEMORY_ID}"));
+        }
         let mut a: Vec<String> = vec![
             "-M".into(),
             machine,
@@ -246,6 +275,17 @@ impl VmConfig {
             .into(),
             "-m".into(),
             format!("{}M", self.memory_mib),
+        ];
+        if let Some(m) = &self.memory_file {
+            a.push("-object".into());
+            a.push(format!(
+                "memory-backend-file,id={MEMORY_ID},size={}M,mem-path={},share={}",
+                self.memory_mib,
+                opt_value(&m.path),
+                if m.shared { "on" } else { "off" }
+            ));
+        }
+        a.extend([
             "-smp".into(),
             self.vcpus.to_string(),
             "-nodefaults".into(),
@@ -279,7 +319,11 @@ impl VmConfig {
             format!("unix:{QMP_SOCKET},server=on,wait=off"),
             "-pidfile".into(),
             PID_FILE.into(),
-        ];
+        ]);
+        if self.incoming.is_some() {
+            a.push("-incoming".into());
+            a.push("defer".into());
+        }
         if let Some(log) = &self.console_log {
             a.push("-serial".into());
             a.push(format!("file:{}", log.display()));
@@ -288,7 +332,7 @@ impl VmConfig {
             a.push("-fsdev".into());
             a.push(format!(
                 "local,id=fs0,path={},security_model=passthrough",
-                share.display()
+                opt_value(share)
             ));
             a.push("-device".into());
             a.push(format!(
@@ -304,6 +348,8 @@ impl VmConfig {
 /// allowed to reap it). Killed when dropped.
 pub struct Vm {
     pid: u32,
+    /// The inherited descriptor of the migration stream, for a VM started `-incoming`.
+    pub incoming_fd: Option<i32>,
     exit: tokio::sync::watch::Receiver<Option<u32>>,
     pub run_dir: PathBuf,
     pub started: Instant,
@@ -314,6 +360,12 @@ impl VmConfig {
     /// SIGKILLed when the thread that spawns it exits (PR_SET_PDEATHSIG), so a VM never
     /// outlives a crashed shim. Spawn it from a thread that lives as long as the VM.
     pub fn command(&self) -> Result<Command> {
+        self.command_with_incoming().map(|(cmd, _)| cmd)
+    }
+
+    /// [`command`](Self::command), plus the descriptor number QEMU inherits for `incoming`:
+    /// the file is opened here, before the fork, and only made inheritable in the child.
+    pub fn command_with_incoming(&self) -> Result<(Command, Option<i32>)> {
         let log_path = self.run_dir.join("qemu.log");
         let log = File::create(&log_path)
             .map_err(|e| Error::io(format!("creating {}", log_path.display()), e))?;
@@ -326,23 +378,40 @@ impl VmConfig {
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2);
-        // SAFETY: prctl is async-signal-safe.
+        let incoming = match &self.incoming {
+            Some(p) => {
+                Some(File::open(p).map_err(|e| Error::io(format!("opening {}", p.display()), e))?)
+            }
+            None => None,
+        };
+        let incoming_fd = incoming.as_ref().map(|f| {
+            use std::os::fd::AsRawFd;
+            f.as_raw_fd()
+        });
+        // SAFETY: prctl and fcntl are async-signal-safe. The closure owns `incoming`, so the
+        // descriptor stays open until the command is dropped, after the spawn.
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                     return Err(std::io::Error::last_os_error());
+                }
+                if let Some(f) = &incoming {
+                    use std::os::fd::AsRawFd;
+                    if libc::fcntl(f.as_raw_fd(), libc::F_SETFD, 0) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
                 }
                 Ok(())
             });
         }
-        Ok(cmd)
+        Ok((cmd, incoming_fd))
     }
 }
 
 impl Vm {
     /// Starts QEMU in `config.run_dir`, its stdout and stderr in `qemu.log` there.
     pub fn spawn(config: &VmConfig, reaper: &Arc<Reaper>) -> Result<Vm> {
-        let mut cmd = config.command()?;
+        let (mut cmd, incoming_fd) = config.command_with_incoming()?;
         let started = Instant::now();
         let spawned = reaper
             .spawn(&mut cmd)
@@ -353,8 +422,10 @@ impl Vm {
             let e = spawned.wait().await;
             let _ = tx.send(Some(e.status));
         });
+        drop(cmd);
         Ok(Vm {
             pid,
+            incoming_fd,
             exit,
             run_dir: config.run_dir.clone(),
             started,

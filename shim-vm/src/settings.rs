@@ -14,7 +14,14 @@
 //! kernel_params = ["agent.debug"]
 //! console_log = false           # keep the guest console in the bundle (slower boot)
 //! boot_timeout_ms = 30000
+//! template = true               # restore the image's pre-booted VM template when it matches
 //! ```
+//!
+//! `template`: the image builder also saves a VM booted once with the default settings (see
+//! [`crate::template`]). With `true` (the default) a VM whose settings match it is restored
+//! from it (about a tenth of a cold boot, and far less host memory); any difference (memory,
+//! vcpus, kernel, initramfs, parameters, console, QEMU, accelerator) means a cold boot, and the
+//! log says why. `false` always boots cold.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -51,6 +58,7 @@ pub struct VmSettings {
     pub kernel_params: Vec<String>,
     pub console_log: bool,
     pub boot_timeout_ms: u64,
+    pub template: bool,
 }
 
 impl Default for VmSettings {
@@ -67,6 +75,7 @@ impl Default for VmSettings {
             kernel_params: Vec::new(),
             console_log: false,
             boot_timeout_ms: 30_000,
+            template: true,
         }
     }
 }
@@ -107,6 +116,37 @@ impl VmSettings {
             AccelSetting::Kvm => Some(Accel::Kvm),
             AccelSetting::Tcg => Some(Accel::Tcg),
         }
+    }
+
+    /// The QEMU settings of one VM (before the accelerator is chosen), the same for a cold boot
+    /// and for the image builder's template, so the two can be compared.
+    pub fn vm_config(
+        &self,
+        kernel: PathBuf,
+        initrd: PathBuf,
+        run_dir: PathBuf,
+        share: PathBuf,
+    ) -> crate::qemu::VmConfig {
+        let mut config = crate::qemu::VmConfig::new(kernel, initrd, run_dir.clone());
+        config.qemu = self.qemu.clone();
+        config.memory_mib = self.memory_mib;
+        config.vcpus = self.vcpus;
+        config.machine = self.machine.clone();
+        config.extra_cmdline = self.kernel_params.clone();
+        config.share = Some(share);
+        if self.console_log {
+            config.console_log = Some(run_dir.join("console.log"));
+        }
+        config
+    }
+
+    /// Where a VM template may be: the image directory (named, or beside this binary), else
+    /// the directory of the initramfs named one by one.
+    pub fn template_dir(&self) -> Option<PathBuf> {
+        self.image
+            .clone()
+            .or_else(beside_binary)
+            .or_else(|| self.initrd.as_deref()?.parent().map(Path::to_path_buf))
     }
 
     /// The kernel and initramfs to boot: the files named one by one, else those of `image`,
@@ -166,6 +206,8 @@ mod tests {
         let s = parse("").unwrap();
         assert_eq!(s.memory_mib, 256);
         assert_eq!(s.forced_accel(), None);
+        assert!(s.template);
+        assert!(!parse("template = false").unwrap().template);
         let s = parse("memory_mib = 512\nvcpus = 2\naccel = \"tcg\"\nkernel_params = [\"a=b\"]")
             .unwrap();
         assert_eq!((s.memory_mib, s.vcpus), (512, 2));

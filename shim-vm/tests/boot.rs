@@ -613,3 +613,101 @@ fn boots_answers_health_and_powers_off() {
         times[times.len() - 1].as_secs_f64()
     );
 }
+
+/// The image builder's VM template (issue 5): it exists once QEMU is there, the default
+/// settings match it, and a VM restored from it answers, takes SyncGuest, runs a container from
+/// a 9p share mounted only now, and powers off cleanly. Prints restore-to-ready.
+#[test]
+fn restores_from_the_template() {
+    if std::env::var("SHIM_VM_BOOT_TEST").as_deref() == Ok("0") {
+        return skip("SHIM_VM_BOOT_TEST=0");
+    }
+    if !cfg!(target_arch = "x86_64") {
+        return skip("the guest image is x86_64");
+    }
+    if let Err(why) = ensure_qemu() {
+        return skip(&why);
+    }
+    let opts = BuildOptions::new(workspace());
+    let img = match image::build(&opts, &mut |m| println!("image: {m}")) {
+        Ok(img) => img,
+        Err(Error::Unavailable(why)) => {
+            return skip(&format!("cannot fetch the guest kernel: {why}"))
+        }
+        Err(e) => panic!("building the guest image: {e}"),
+    };
+    let Some(dir) = &img.template else {
+        panic!("QEMU is here, but the image builder made no VM template");
+    };
+    let template = shim_vm::template::Template::load(&opts.cache_dir)
+        .expect("reading the template")
+        .expect("the template link");
+    assert_eq!(&template.dir, dir);
+    let accel = qemu::choose_accel().accel;
+    if accel.as_str() != template.manifest.accel {
+        return skip("the template was made under another accelerator");
+    }
+    let run = tempfile::Builder::new()
+        .prefix("shim-vm-restore")
+        .tempdir()
+        .expect("a run directory");
+    let share = run.path().join("share");
+    let busybox = busybox();
+    match &busybox {
+        Some(bb) => container_bundle(&share, bb).expect("container bundle"),
+        None => std::fs::create_dir_all(&share).expect("the share"),
+    }
+    let mut cfg = shim_vm::settings::VmSettings::default().vm_config(
+        img.kernel.clone(),
+        img.initrd.clone(),
+        run.path().to_path_buf(),
+        share,
+    );
+    cfg.accel = accel;
+    if accel == Accel::Tcg {
+        cfg.tsc_khz = qemu::host_tsc_khz();
+    }
+    assert_eq!(template.mismatch(&cfg), None, "the default settings");
+    let cfg = template.restore_config(&cfg);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let reaper = rt
+        .block_on(async { shim_common::reaper::Reaper::start() })
+        .expect("a reaper");
+    let Booted { vm, agent, .. } = rt
+        .block_on(shim_vm::template::restore(
+            &cfg,
+            &reaper,
+            Duration::from_secs(30),
+        ))
+        .unwrap_or_else(|e| panic!("restoring: {e}"));
+    let ready = vm.started.elapsed();
+    rt.block_on(async {
+        agent
+            .sync_guest(Duration::from_secs(5))
+            .await
+            .expect("SyncGuest");
+        let health = agent.health(Duration::from_secs(5)).await.expect("Health");
+        assert_eq!(health.kernel_release, img.kernel_release);
+        println!(
+            "restored from {} in {:.0} ms (guest uptime {} ms: the template's boot)",
+            dir.display(),
+            ready.as_secs_f64() * 1000.0,
+            health.uptime_ms
+        );
+        if busybox.is_some() {
+            let c = run_container(&agent).await.expect("a container in the VM");
+            assert_eq!(c.output.trim(), format!("kernel {}", img.kernel_release));
+        }
+        agent
+            .shutdown(Duration::from_secs(5))
+            .await
+            .expect("Shutdown");
+    });
+    let status = rt
+        .block_on(vm.wait_timeout(Duration::from_secs(10)))
+        .expect("QEMU exits after Shutdown");
+    assert_eq!(status, 0, "{}", vm.log());
+}

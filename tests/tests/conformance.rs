@@ -25,6 +25,7 @@ shim_e2e::scenarios! {
     conf_hooks,
     conf_joined_netns,
     conf_userns,
+    conf_cgroupns,
 }
 
 /// Time bound for one `ctr run --config`.
@@ -356,6 +357,40 @@ fn conf_hostname(ctx: &Ctx) {
                     Ok(())
                 } else {
                     Err("hostname is not conf-host".to_string())
+                }
+            },
+            normalise: &same,
+        },
+    );
+}
+
+/// A new cgroup namespace is rooted at the container's own cgroup: every
+/// hierarchy's path reads `/` from inside. (The process is born in its cgroup
+/// and only then enters the namespace; entering it first would root it at the
+/// runtime's cgroup.)
+fn conf_cgroupns(ctx: &Ctx) {
+    if !process_only(ctx, "conf_cgroupns") {
+        return;
+    }
+    run_row(
+        ctx,
+        &Row {
+            name: "cgroupns",
+            mutate: &|s, _| {
+                s["linux"]["namespaces"]
+                    .as_array_mut()
+                    .expect("namespaces")
+                    .push(json!({ "type": "cgroup" }));
+            },
+            script: "cat /proc/self/cgroup",
+            expect: &|t| {
+                let lines: Vec<&str> = t.lines().collect();
+                if !lines.is_empty() && lines.iter().all(|l| l.ends_with(":/")) {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "cgroup paths are not rooted at the container's: {t:?}"
+                    ))
                 }
             },
             normalise: &same,

@@ -13,6 +13,7 @@ shim_e2e::scenarios! {
     vm_guest_kernel,
     vm_pod_shares_one_vm,
     vm_console_log_clean,
+    vm_template_fresh_clock_and_entropy,
 }
 
 /// Skip the variants that run no VM; returns true when the scenario applies.
@@ -275,4 +276,100 @@ fn vm_console_log_clean(ctx: &Ctx) {
         )
     });
     ctx.kill_and_remove("c1");
+}
+
+/// Two containers in two VMs, restored from the image's VM template when it has one (their
+/// QEMU command lines say `-incoming`): each guest's clock is the host's (not the template's,
+/// saved when the image was built), and each has random state of its own (the template's is
+/// the same for every VM made from it; the host's SyncGuest reseeds it). The VMs are told apart
+/// by their QEMU processes, not by boot ids; the boot ids must differ too: the kernel draws its
+/// boot id at the first read, which comes after the reseed. With `template = false` the VM
+/// boots cold.
+fn vm_template_fresh_clock_and_entropy(ctx: &Ctx) {
+    if !vm_only(ctx, "vm_template_fresh_clock_and_entropy") {
+        return;
+    }
+    let sleep = ["sleep", "100000"];
+    ctx.run_detached(&[], IMAGE, "c1", &sleep);
+    ctx.run_detached(&[], IMAGE, "c2", &sleep);
+    let (vm1, vm2) = (ctx.vm_pid("c1"), ctx.vm_pid("c2"));
+    ctx.ensure(vm1 != vm2, || {
+        format!("c1 and c2 should run in two VMs, both run in QEMU {vm1}")
+    });
+    let template = guest_image_dir().join("template");
+    if template.exists() {
+        for vm in [vm1, vm2] {
+            let args = procfs::cmdline(vm);
+            ctx.ensure(args.iter().any(|a| a == "-incoming"), || {
+                format!(
+                    "the image has a VM template ({}), but QEMU {vm} was not restored from it: {args:?}",
+                    template.display()
+                )
+            });
+        }
+    } else {
+        eprintln!(
+            "note: no VM template in {}; checking cold-booted VMs",
+            guest_image_dir().display()
+        );
+    }
+    for id in ["c1", "c2"] {
+        let guest: i64 = ctx
+            .sh_in(id, "date +%s")
+            .trim()
+            .parse()
+            .unwrap_or_else(|e| ctx.fail(format!("date +%s in {id}: {e}")));
+        let host = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("the host clock is after 1970")
+            .as_secs() as i64;
+        ctx.ensure((guest - host).abs() <= 5, || {
+            format!("the guest clock of {id} is {guest}, the host's {host}")
+        });
+    }
+    let random = |id: &str| ctx.sh_in(id, "head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n'");
+    let (r1, r2) = (random("c1"), random("c2"));
+    ctx.ensure(r1.len() == 64 && r1 != r2, || {
+        format!("the two VMs read the same (or no) random bytes: {r1:?} and {r2:?}")
+    });
+    let (b1, b2) = (ctx.boot_id("c1"), ctx.boot_id("c2"));
+    ctx.ensure(b1 != b2, || {
+        format!("two VMs from one template share the boot id {b1}")
+    });
+    ctx.kill_and_remove("c1");
+    ctx.kill_and_remove("c2");
+
+    // `template = false` boots cold, template or not.
+    let config = ctx.work.join("runtime-vm-no-template.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "image = {}\ntemplate = false\n",
+            serde_json::Value::String(guest_image_dir().display().to_string())
+        ),
+    )
+    .expect("writing the runtime config");
+    let config = config.display().to_string();
+    let fifo = ctx.daemon.fifo_dir.display().to_string();
+    let out = ctx.ctr(&[
+        "run",
+        "--runtime",
+        &ctx.rt.runtime,
+        "--runtime-config-path",
+        &config,
+        "--fifo-dir",
+        &fifo,
+        "-d",
+        IMAGE,
+        "c3",
+        "sleep",
+        "100000",
+    ]);
+    ctx.check(&out, "ctr run -d with template = false");
+    ctx.wait_status("c3", "RUNNING", Duration::from_secs(30));
+    let args = procfs::cmdline(ctx.vm_pid("c3"));
+    ctx.ensure(!args.iter().any(|a| a == "-incoming"), || {
+        format!("with template = false the VM was restored anyway: {args:?}")
+    });
+    ctx.kill_and_remove("c3");
 }

@@ -110,19 +110,18 @@ pub fn early_mounts() {
     let _ = std::os::unix::fs::symlink("/proc/self/fd", "/dev/fd");
 }
 
-/// Loads the modules, then mounts the host's shares (9p needs its modules).
-pub fn init_system(cmdline: &Cmdline) -> Result<(), String> {
+/// Loads the modules. The host's shares are not mounted here but at first use
+/// ([`mount_share`] from the service): a VM template is saved right after boot, and a mounted
+/// 9p export blocks QEMU's migration; a share is also per-VM state the template must not hold.
+pub fn init_system() {
     let loaded = load_modules(Path::new("/lib/modules"));
     log::info!("{loaded} modules loaded");
-    for tag in &cmdline.shares {
-        mount_share(tag)?;
-    }
-    Ok(())
 }
 
 /// Mounts the 9p share `tag` (`/mnt/<tag>`; the VM's one share is `/mnt/share`). The device is
-/// probed when 9pnet_virtio loads, but give it a moment rather than fail a boot on a race.
-fn mount_share(tag: &str) -> Result<(), String> {
+/// probed when 9pnet_virtio loads, but give it a moment rather than fail on a race. Blocking
+/// (a mount and short sleeps): callers run it off the agent's one async thread.
+pub fn mount_share(tag: &str) -> Result<(), String> {
     let target = Path::new("/mnt").join(tag);
     let _ = fs::create_dir_all(&target);
     // 512 KiB messages: the measured sweet spot for reads and writes (vm-guest.md §3.1).
@@ -172,6 +171,51 @@ fn load_modules(dir: &Path) -> usize {
         }
     }
     loaded
+}
+
+/// Sets the guest's wall clock: after a restore from a template it is the template's.
+pub fn set_realtime(secs: i64, nanos: i32) -> std::io::Result<()> {
+    let ts = libc::timespec {
+        tv_sec: secs as libc::time_t,
+        tv_nsec: nanos as libc::c_long,
+    };
+    // SAFETY: clock_settime reads the timespec we own.
+    if unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &ts) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `RNDADDENTROPY`: `_IOW('R', 0x03, int[2])`; `RNDRESEEDCRNG`: `_IO('R', 0x07)`.
+const RNDADDENTROPY: libc::c_ulong = 0x4008_5203;
+const RNDRESEEDCRNG: libc::c_ulong = 0x5207;
+
+/// Mixes `bytes` into the kernel's input pool, credited as entropy, and reseeds the kernel's
+/// generator at once. Why both: every VM restored from one template starts with the same
+/// generator state, and once the generator is initialised new input only reaches
+/// `/dev/urandom` at the next periodic reseed (up to a minute later); `RNDRESEEDCRNG` makes it
+/// take effect now, so two VMs from one template never hand out the same bytes.
+pub fn add_entropy(bytes: &[u8]) -> std::io::Result<()> {
+    if bytes.is_empty() {
+        return Ok(());
+    }
+    let random = fs::OpenOptions::new().write(true).open("/dev/urandom")?;
+    // struct rand_pool_info { int entropy_count; int buf_size; __u32 buf[]; }
+    let mut info: Vec<u8> = Vec::with_capacity(8 + bytes.len() + 3);
+    info.extend_from_slice(&((bytes.len() * 8) as i32).to_ne_bytes());
+    info.extend_from_slice(&(bytes.len() as i32).to_ne_bytes());
+    info.extend_from_slice(bytes);
+    // Whole u32 words for the kernel's `buf` (it reads buf_size bytes; the padding is unread).
+    info.resize(8 + bytes.len().div_ceil(4) * 4, 0);
+    // SAFETY: RNDADDENTROPY reads a rand_pool_info of the size it declares, from memory we own.
+    if unsafe { libc::ioctl(random.as_raw_fd(), RNDADDENTROPY, info.as_ptr()) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: RNDRESEEDCRNG takes no argument.
+    if unsafe { libc::ioctl(random.as_raw_fd(), RNDRESEEDCRNG) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Finds `/dev/vportNpM` of the virtio-serial port called `name`, waiting for the driver to

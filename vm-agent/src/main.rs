@@ -88,9 +88,7 @@ fn main() {
 
     let guest = matches!(mode, Mode::Guest);
     if guest {
-        if let Err(e) = boot::init_system(&cmdline) {
-            log::error!("boot: {e}");
-        }
+        boot::init_system();
     } else {
         // Orphaned container processes must come back to us to be reaped, as they do to PID 1.
         // SAFETY: plain prctl.
@@ -113,7 +111,12 @@ fn main() {
     let result = rt.block_on(async move {
         let reaper = reaper::Reaper::start();
         let link = output::OutputLink::new();
-        let agent = Arc::new(service::Agent::new(reaper, guest, link.clone()));
+        let agent = Arc::new(service::Agent::new(
+            reaper,
+            guest,
+            cmdline.shares.clone(),
+            link.clone(),
+        ));
         match mode {
             // Powers off after Shutdown; returns only on failure.
             Mode::Guest => port::serve_guest(agent, &cmdline.port, link).await,

@@ -71,6 +71,11 @@ pub struct Agent {
     shutdown: watch::Sender<bool>,
     oom_tx: mpsc::UnboundedSender<String>,
     oom_rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<String>>,
+    /// The 9p tags the host asked for (`agent.share=`), mounted at the first CreateContainer,
+    /// not at boot: a VM template is saved before any share may be mounted (see boot.rs).
+    shares: Vec<String>,
+    /// Whether `shares` are mounted; the lock keeps two first Creates from mounting twice.
+    shares_mounted: tokio::sync::Mutex<bool>,
 }
 
 fn typed(e: container::Error) -> Error {
@@ -123,7 +128,12 @@ fn guest_spec(spec: &[u8], bundle: &str) -> Result<Vec<u8>> {
 }
 
 impl Agent {
-    pub fn new(reaper: Arc<Reaper>, guest: bool, output: Arc<OutputLink>) -> Agent {
+    pub fn new(
+        reaper: Arc<Reaper>,
+        guest: bool,
+        shares: Vec<String>,
+        output: Arc<OutputLink>,
+    ) -> Agent {
         let state_root = if guest {
             PathBuf::from("/run/vm-agent/containers")
         } else {
@@ -144,7 +154,43 @@ impl Agent {
             shutdown: watch::channel(false).0,
             oom_tx,
             oom_rx: tokio::sync::Mutex::new(oom_rx),
+            shares,
+            shares_mounted: tokio::sync::Mutex::new(false),
         }
+    }
+
+    /// Mounts the host's shares the first time a container needs them; a failure is the
+    /// Create's, and the next Create tries again.
+    async fn ensure_shares(&self) -> Result<()> {
+        let mut mounted = self.shares_mounted.lock().await;
+        if *mounted || self.shares.is_empty() {
+            return Ok(());
+        }
+        let tags = self.shares.clone();
+        tokio::task::spawn_blocking(move || {
+            tags.iter().try_for_each(|t| crate::boot::mount_share(t))
+        })
+        .await
+        .map_err(|e| Error::Other(format!("mounting the shares: {e}")))?
+        .map_err(Error::Other)?;
+        *mounted = true;
+        Ok(())
+    }
+
+    /// SyncGuest: the host's clock and entropy (see agent.proto). Only in a guest: outside a
+    /// VM (tests) the clock and pool are the host's own.
+    fn apply_sync(&self, req: &SyncGuestRequest) -> Result<()> {
+        if !self.guest {
+            return Ok(());
+        }
+        if let Some(now) = req.now.as_ref() {
+            crate::boot::set_realtime(now.seconds, now.nanos)
+                .map_err(|e| Error::io("setting the clock".to_string(), e))?;
+        }
+        crate::boot::add_entropy(&req.entropy)
+            .map_err(|e| Error::io("adding the host's entropy".to_string(), e))?;
+        log::debug!("clock set, {} bytes of entropy added", req.entropy.len());
+        Ok(())
     }
 
     /// Resolves once Shutdown was called.
@@ -205,6 +251,7 @@ impl Agent {
         let stdio_ids = req.stdio.clone().unwrap_or_default();
         self.streams
             .check_free(&[&stdio_ids.stdin, &stdio_ids.stdout, &stdio_ids.stderr])?;
+        self.ensure_shares().await?;
         let dir = self.state_root.join(&id);
         std::fs::create_dir_all(&dir)
             .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
@@ -563,6 +610,11 @@ impl protos::agent_ttrpc::Agent for Agent {
     async fn shutdown(&self, _ctx: &TtrpcContext, _req: ShutdownRequest) -> ttrpc::Result<Empty> {
         log::info!("shutdown requested");
         self.shutdown.send_replace(true);
+        Ok(empty())
+    }
+
+    async fn sync_guest(&self, _ctx: &TtrpcContext, req: SyncGuestRequest) -> ttrpc::Result<Empty> {
+        self.apply_sync(&req)?;
         Ok(empty())
     }
 

@@ -16,6 +16,7 @@ mod tests;
 
 use std::collections::BTreeMap;
 use std::io;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
@@ -127,6 +128,72 @@ pub fn detect(root: &Path) -> Layout {
         .exists()
         .then_some(unified);
     Layout::Legacy { unified }
+}
+
+/// A container's cgroup directories, as the setup process needs them to place the container's
+/// process itself, without an RCU grace period.
+///
+/// Moving a process by writing its pid to `cgroup.procs` write-locks the kernel's global
+/// threadgroup semaphore, which waits for an RCU grace period when no migration happened
+/// lately: 10-25 ms on an idle host, the largest single cost of an exec. Two moves skip it. In
+/// a v1 hierarchy, a thread writing `0` to `tasks` moves only itself, without the global lock;
+/// the setup process is single-threaded, so that moves the whole process. In v2, a child can be
+/// born in its cgroup (`clone3` with `CLONE_INTO_CGROUP`), which only read-locks it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Placement {
+    /// The container's directory in every v1 hierarchy.
+    pub v1: Vec<PathBuf>,
+    /// The container's v2 directory (a hybrid host's `unified` one, or the only one).
+    pub v2: Option<PathBuf>,
+}
+
+impl Placement {
+    /// Moves the calling thread into every v1 directory; in a single-threaded process that
+    /// is the whole process, and its children are born there.
+    pub fn join_v1_current_thread(&self) -> Result<()> {
+        for dir in &self.v1 {
+            fs::write(dir, "tasks", "0")?;
+        }
+        Ok(())
+    }
+
+    /// The v2 directory, opened for `CLONE_INTO_CGROUP` (or [`join_v2_slow`]).
+    pub fn open_v2(&self) -> Result<Option<std::os::fd::OwnedFd>> {
+        let Some(dir) = &self.v2 else { return Ok(None) };
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+            .open(dir)
+            .map_err(|source| CgroupError::Io {
+                op: "open",
+                path: dir.clone(),
+                source,
+            })?;
+        Ok(Some(f.into()))
+    }
+}
+
+/// Moves the calling process into the v2 cgroup `dir` through its `cgroup.procs` (the path
+/// with the grace period), for when a child cannot be cloned into it. Works through the fd,
+/// so after the mount namespace changed as well.
+pub fn join_v2_slow(dir: &std::os::fd::OwnedFd) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::fd::{AsRawFd, FromRawFd};
+    // SAFETY: openat on a directory fd we own, with a constant NUL-terminated name; the
+    // result is a new fd that the File takes over.
+    let fd = unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            c"cgroup.procs".as_ptr(),
+            libc::O_WRONLY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh descriptor owned by nobody else.
+    let mut f = unsafe { std::fs::File::from_raw_fd(fd) };
+    f.write_all(b"0")
 }
 
 /// One mounted v1 hierarchy and the container's directory in it.
@@ -292,6 +359,24 @@ impl Cgroup {
             fs::write(&dir, "cgroup.procs", &pid.to_string())?;
         }
         Ok(())
+    }
+
+    /// Where a new process of the container must go, for the setup process to join itself
+    /// (see [`Placement`]).
+    pub fn placement(&self) -> Placement {
+        match &self.inner {
+            Inner::V1 {
+                hierarchies,
+                unified,
+            } => Placement {
+                v1: hierarchies.iter().map(|h| h.dir.clone()).collect(),
+                v2: unified.clone(),
+            },
+            Inner::V2 { dir } => Placement {
+                v1: Vec::new(),
+                v2: Some(dir.clone()),
+            },
+        }
     }
 
     /// Reads one hierarchy only: every hierarchy holds the same processes.

@@ -8,6 +8,10 @@
 //! `cargo run --release -p shim-e2e --bin bench-vm` (as root, with the guest image built:
 //! `scripts/bench.sh vm` does both). `BENCH_N` (default 10) pairs for latencies,
 //! `BENCH_ROUNDS` (default 3) for memory and throughput, `BENCH_JSON=FILE` for JSON output.
+//! Memory is measured for one idle VM at a time, and for `BENCH_IDLE` (default 3) idle VMs at
+//! once (the sum over their shim trees, divided by their number): VMs restored from one
+//! template share the pages of its memory file they only read, which PSS divides among them.
+//! `BENCH_SMAPS=1` also prints where an idle VM's QEMU memory goes (its smaps, by mapping).
 
 use std::time::Duration;
 
@@ -59,6 +63,46 @@ fn boot_ms(ctx: &Ctx, from: u64, id: &str) -> Option<f64> {
     after.split_whitespace().next()?.parse().ok()
 }
 
+/// QEMU's smaps summed by mapping (file, or anonymous by size), largest PSS first: where an
+/// idle VM's memory goes.
+fn print_smaps(pid: u32) {
+    use std::collections::HashMap;
+    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/smaps")) else {
+        return;
+    };
+    let mut by: HashMap<String, [u64; 3]> = HashMap::new();
+    let mut key = String::new();
+    for line in text.lines() {
+        let mut f = line.split_whitespace();
+        let first = f.next().unwrap_or_default();
+        if first.contains('-') && !first.ends_with(':') {
+            let (lo, hi) = first.split_once('-').unwrap_or(("0", "0"));
+            let size =
+                u64::from_str_radix(hi, 16).unwrap_or(0) - u64::from_str_radix(lo, 16).unwrap_or(0);
+            key = match f.nth(4) {
+                Some(name) => name.to_string(),
+                None if size >= 64 << 20 => format!("[anon {} MiB]", size >> 20),
+                None => "[anon, small]".to_string(),
+            };
+            continue;
+        }
+        let slot = match first {
+            "Rss:" => 0,
+            "Pss:" => 1,
+            "Anonymous:" => 2,
+            _ => continue,
+        };
+        let kib: u64 = f.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+        by.entry(key.clone()).or_default()[slot] += kib;
+    }
+    let mut rows: Vec<_> = by.into_iter().collect();
+    rows.sort_by(|a, b| b.1[1].cmp(&a.1[1]));
+    println!("# QEMU {pid} smaps, KiB: Rss Pss Anonymous");
+    for (name, [rss, pss, anon]) in rows.iter().take(10) {
+        println!("#   {rss:>8} {pss:>8} {anon:>8}  {name}");
+    }
+}
+
 fn main() {
     bench::exit_cleanly_on_panic_and_signals();
     let n = env_usize("BENCH_N", 10).max(1);
@@ -83,6 +127,8 @@ fn main() {
     let mut exec = Metric::new("ctr task exec true", "ms", "<= 50");
     let mut pss = Metric::new("host PSS per idle container (shim tree)", "MiB", "<= 160");
     let mut rss = Metric::new("host RSS per idle container (shim tree)", "MiB", "");
+    let idle = env_usize("BENCH_IDLE", 3).max(1);
+    let mut pss_many = Metric::new("host PSS per idle ctr, BENCH_IDLE at once", "MiB", "<= 160");
     let mut tput = Metric::new("stdout 128 MiB via ctr run --rm", "MiB/s", ">= 100");
     // The same bytes from a running container: the stream alone, without the VM's boot and
     // shutdown, which `ctr run --rm` counts in.
@@ -141,6 +187,11 @@ fn main() {
             std::thread::sleep(Duration::from_secs(2));
             let shim = ctx.shim_pid(&id);
             let m = bench::memory_of(&bench::shim_tree(shim, &ctx.cgroup_rel(&id)));
+            if r == 0 && ctx.variant.is_vm() && std::env::var("BENCH_SMAPS").as_deref() == Ok("1") {
+                for q in ctx.qemu_children(shim) {
+                    print_smaps(q);
+                }
+            }
             let (p, s) = if ctx.variant.is_vm() {
                 (&mut pss.ours, &mut rss.ours)
             } else {
@@ -149,6 +200,32 @@ fn main() {
             p.push(m.pss_kib as f64 / 1024.0);
             s.push(m.rss_kib as f64 / 1024.0);
             ctx.kill_and_remove(&id);
+        }
+    }
+
+    println!("# memory, {idle} idle at once");
+    for r in 0..rounds {
+        for ctx in [&ours, &go] {
+            let ids: Vec<String> = (0..idle).map(|i| format!("n{r}-{i}")).collect();
+            for id in &ids {
+                ctx.run_sleeper(id);
+            }
+            std::thread::sleep(Duration::from_secs(2));
+            let mut total = 0.0;
+            for id in &ids {
+                let shim = ctx.shim_pid(id);
+                let m = bench::memory_of(&bench::shim_tree(shim, &ctx.cgroup_rel(id)));
+                total += m.pss_kib as f64 / 1024.0;
+            }
+            let v = if ctx.variant.is_vm() {
+                &mut pss_many.ours
+            } else {
+                &mut pss_many.go
+            };
+            v.push(total / idle as f64);
+            for id in &ids {
+                ctx.kill_and_remove(id);
+            }
         }
     }
 
@@ -193,7 +270,7 @@ fn main() {
     }
 
     let metrics = [
-        &run_rm, &running, &boot, &exec, &pss, &rss, &tput, &tput_exec,
+        &run_rm, &running, &boot, &exec, &pss, &rss, &pss_many, &tput, &tput_exec,
     ];
     println!(
         "\n{:<46} {:>12} {:>12} {:>8} {:>10}",
