@@ -698,8 +698,15 @@ fn restores_from_the_template() {
             health.uptime_ms
         );
         if busybox.is_some() {
-            let c = run_container(&agent).await.expect("a container in the VM");
+            // Also the output port, whose agent side waited in the template for a host.
+            let c = run_container(&agent, &vm.output_socket())
+                .await
+                .expect("a container in the VM");
             assert_eq!(c.output.trim(), format!("kernel {}", img.kernel_release));
+            println!(
+                "restored VM: stdout {:.0} MiB/s through the output port",
+                c.port_mib_s
+            );
         }
         agent
             .shutdown(Duration::from_secs(5))
