@@ -1,7 +1,9 @@
 //! The container's setup process: the runtime re-executes its own binary in a setup mode
 //! (`Launcher`), which makes a fresh, single-threaded process. Only there are namespaces
 //! entered, mounts made and identities dropped, so nothing unsafe ever happens after a fork
-//! of the multi-threaded runtime.
+//! of the multi-threaded runtime. A runtime that runs one thread (the VM agent) may instead
+//! be forked ([`forked_main`]): that child is as single-threaded as a fresh exec, starts
+//! with the config and spec in memory, and never returns into the runtime's code.
 //!
 //! Stage 1 joins or creates the namespaces and forks; the child is stage 2, the container's
 //! process (pid 1 of a new pid namespace). Stage 1 reports its pid and exits, so stage 2 is
@@ -57,14 +59,21 @@ pub fn load_spec(bundle: &Path) -> Result<Spec> {
     serde_json::from_slice(&data).map_err(|e| Error::Spec(format!("{}: {e}", path.display())))
 }
 
-/// Entry point of the setup mode; never returns.
-pub fn main() -> ! {
+/// Our end of the channel, made close-on-exec: the runtime learns that the container's
+/// program replaced the setup code from the EOF.
+fn take_channel() -> Channel {
     // SAFETY: the launcher placed our end of the channel at CHANNEL_FD.
     let channel = unsafe { Channel::from_raw_fd(CHANNEL_FD) };
     let _ = nix::fcntl::fcntl(
         CHANNEL_FD,
         nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
     );
+    channel
+}
+
+/// Entry point of the setup mode; never returns.
+pub fn main() -> ! {
+    let channel = take_channel();
     let err = match stage1(&channel) {
         Ok(never) => match never {},
         Err(e) => e,
@@ -72,7 +81,34 @@ pub fn main() -> ! {
     let _ = channel.send(&Message::Failed {
         message: err.to_string(),
     });
-    std::process::exit(1)
+    exit_now(1)
+}
+
+/// Ends the setup process without running exit handlers or thread-local destructors. In a
+/// setup process forked from its runtime (see [`forked_main`]) those are the runtime's: its
+/// async runtime's thread-locals would deregister descriptors from an epoll instance the
+/// runtime still uses.
+fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit ends the process at once.
+    unsafe { libc::_exit(code) }
+}
+
+/// Entry point of a setup process forked (not re-executed) from a single-threaded runtime,
+/// with the config and spec already in memory: its stdio is on 0-2, its channel on
+/// [`CHANNEL_FD`] and every other descriptor closed (see `launch`). Never returns into the
+/// runtime's code: it execs the container's program or exits.
+pub(crate) fn forked_main(config: &SetupConfig, spec: &Spec) -> ! {
+    // The runtime's handlers (its async runtime's SIGCHLD one, say) must not run here.
+    crate::process::reset_signals();
+    let channel = take_channel();
+    let err = match stage1_with(&channel, config, spec) {
+        Ok(never) => match never {},
+        Err(e) => e,
+    };
+    let _ = channel.send(&Message::Failed {
+        message: err.to_string(),
+    });
+    exit_now(1)
 }
 
 fn expect_continue(ch: &Channel) -> Result<()> {
@@ -215,11 +251,19 @@ fn stage1(ch: &Channel) -> Result<std::convert::Infallible> {
         }
     };
     let spec = load_spec(&config.bundle)?;
+    stage1_with(ch, &config, &spec)
+}
+
+fn stage1_with(
+    ch: &Channel,
+    config: &SetupConfig,
+    spec: &Spec,
+) -> Result<std::convert::Infallible> {
     ch.send(&Message::NeedCgroup)?;
     let v2 = match ch.recv()? {
         Some(Message::Continue) => None,
         Some(Message::JoinCgroup(placement)) => {
-            join_cgroup(&placement, user_ns_ahead(&config.mode, &spec))?
+            join_cgroup(&placement, user_ns_ahead(&config.mode, spec))?
         }
         Some(other) => {
             return Err(Error::Protocol(format!(
@@ -229,14 +273,15 @@ fn stage1(ch: &Channel) -> Result<std::convert::Infallible> {
         None => return Err(Error::Protocol("the runtime went away".into())),
     };
     let (in_userns, cgroup_ns) = match &config.mode {
-        SetupMode::Create => enter_namespaces(ch, &spec)?,
+        SetupMode::Create => enter_namespaces(ch, spec)?,
         SetupMode::Exec { init_pid, .. } => join_container(*init_pid)?,
     };
     // The child waits until its pid is on the channel, so the runtime always learns the pid
     // before anything the child says.
     let (gate_r, gate_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|e| Error::sys("creating a pipe", e))?;
-    // SAFETY: this process is single-threaded (a fresh exec), so the child may do anything.
+    // SAFETY: this process is single-threaded (a fresh exec, or a fork of a single-threaded
+    // runtime), so the child may do anything.
     match unsafe { fork_into(v2.as_ref()) }? {
         ForkResult::Parent { child } => {
             drop(gate_r);
@@ -244,19 +289,19 @@ fn stage1(ch: &Channel) -> Result<std::convert::Infallible> {
                 pid: child.as_raw() as u32,
             })?;
             let _ = nix::unistd::write(&gate_w, b"1");
-            std::process::exit(0)
+            exit_now(0)
         }
         ForkResult::Child => {
             drop(gate_w);
             let mut b = [0u8; 1];
             if !matches!(nix::unistd::read(gate_r.as_raw_fd(), &mut b), Ok(1)) {
-                std::process::exit(1);
+                exit_now(1);
             }
         }
     }
     drop(v2);
     cgroup_ns.enter()?;
-    let err = match stage2(ch, &config, &spec, in_userns) {
+    let err = match stage2(ch, config, spec, in_userns) {
         Ok(never) => match never {},
         Err(e) => e,
     };
@@ -331,7 +376,7 @@ fn stage2(
         match ch.recv()? {
             Some(Message::Start) => {}
             // The runtime deleted the container before starting it, or died.
-            _ => std::process::exit(1),
+            _ => exit_now(1),
         }
         if let Some(h) = spec
             .hooks()

@@ -155,6 +155,9 @@ impl Runtime for ProcessRuntime {
             launcher: Launcher {
                 program,
                 args: vec![SETUP_ARG.to_string()],
+                // Re-executes as before: on a host without emulation that costs little, and
+                // nothing promises the daemon stays single-threaded.
+                fork_when_single_threaded: false,
             },
             containers: Mutex::new(HashMap::new()),
         })

@@ -720,6 +720,7 @@ impl Runtime for VmRuntime {
         process: &[u8],
         io: ProcessIo,
     ) -> Result<Spawned> {
+        let t0 = std::time::Instant::now();
         let (agent, output) = {
             let s = self.inner.sandbox.lock().await;
             let output = s.as_ref().and_then(|s| s.output.clone());
@@ -742,11 +743,19 @@ impl Runtime for VmRuntime {
                 req.process = process;
                 req.stdio = MessageField::some(streams);
                 req.terminal = terminal;
-                call.client
+                let pid = call
+                    .client
                     .exec_process(ctx(), &req)
                     .await
                     .map(|r| r.pid)
-                    .map_err(|e| agent_err("ExecProcess", e))
+                    .map_err(|e| agent_err("ExecProcess", e))?;
+                log::debug!(
+                    "exec {}/{}: guest pid {pid} in {:?}",
+                    req.container_id,
+                    req.exec_id,
+                    t0.elapsed()
+                );
+                Ok(pid)
             },
         )
         .await

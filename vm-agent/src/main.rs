@@ -3,8 +3,10 @@
 //! As PID 1 (`/init` of the initramfs) it mounts the pseudo filesystems, loads the kernel
 //! modules the image builder listed, finds its virtio-serial port by name and serves the
 //! `shimvm.agent.v1.Agent` ttrpc service on it, re-opening the conversation each time the host
-//! reconnects. Containers are created with the `container` library, exactly as the process shim
-//! does on a host: this binary re-executes itself in setup mode for each one.
+//! reconnects. Containers are created with the `container` library, as the process shim does
+//! on a host, except that the setup process of each container and exec is a fork of the agent
+//! (it runs one thread) rather than a re-exec of this binary in setup mode, which stays the
+//! fallback should the agent ever have more threads.
 //!
 //! Outside a VM (for tests) `vm-agent --listen unix:PATH` serves the same service on a unix
 //! socket, with the same handshake, and Shutdown just exits; `PATH.output` stands in for the
@@ -43,7 +45,7 @@ impl log::Log for StderrLogger {
     fn log(&self, r: &log::Record) {
         if self.enabled(r.metadata()) {
             eprintln!(
-                "[{:>9.3}] vm-agent {}: {}",
+                "[{:>10.4}] vm-agent {}: {}",
                 boot::uptime().as_secs_f64(),
                 r.level(),
                 r.args()
@@ -97,7 +99,8 @@ fn main() {
 
     // One thread: the guest has one vCPU by default, and every cross-thread wake-up is a
     // futex and a context switch, which TCG makes expensive. Nothing in the agent blocks for
-    // long (container setup runs in its own process).
+    // long (container setup runs in its own process). It also lets the container library
+    // fork the agent for each setup process instead of re-executing it (see `Launcher`).
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -49,7 +49,9 @@ struct Proc {
 
 struct Container {
     dir: PathBuf,
-    spec: Spec,
+    /// Shared by the execs, not copied for each: an exec's latency is what `ctr task exec`
+    /// waits for.
+    spec: Arc<Spec>,
     cgroup_path: String,
     /// The created init, until StartContainer.
     pending: Option<Launched>,
@@ -146,6 +148,8 @@ impl Agent {
             launcher: Launcher {
                 program: PathBuf::from("/proc/self/exe"),
                 args: vec![crate::SETUP_ARG.to_string()],
+                // The agent runs one thread (see main), so the setup process is a fork of it.
+                fork_when_single_threaded: true,
             },
             state_root,
             containers: Mutex::new(HashMap::new()),
@@ -351,7 +355,7 @@ impl Agent {
             id.clone(),
             Container {
                 dir: dir.to_path_buf(),
-                spec,
+                spec: Arc::new(spec),
                 cgroup_path,
                 pending: Some(launched),
                 init: proc,
@@ -420,6 +424,7 @@ impl Agent {
     }
 
     async fn exec(&self, req: ExecProcessRequest) -> Result<ExecProcessResponse> {
+        let t0 = std::time::Instant::now();
         let id = &req.container_id;
         shim_common::id::validate("exec", &req.exec_id)?;
         let process: serde_json::Value = serde_json::from_slice(&req.process)
@@ -486,6 +491,12 @@ impl Agent {
         }
         let mut resp = ExecProcessResponse::new();
         resp.pid = pid;
+        log::debug!(
+            "exec {}/{}: pid {pid} in {:?}",
+            req.container_id,
+            req.exec_id,
+            t0.elapsed()
+        );
         Ok(resp)
     }
 
