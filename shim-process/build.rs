@@ -1,9 +1,12 @@
-//! Links the shim's binary with packed relative relocations (DT_RELR): a position-independent
-//! executable otherwise carries one 24-byte entry per pointer to fix up at every exec (half a
-//! megabyte here, read by the loader each time containerd starts the shim or the shim its
-//! setup process); packed, they take a few kilobytes. Needs a linker and C library from 2022
-//! on (Debian 12 has both).
+//! Links the shim as a fixed-address (non-PIE) executable, as Debian builds containerd's own Go
+//! shim. A position-independent executable has its pointer tables (`.data.rel.ro`, 270 KiB
+//! here: vtables, descriptor and dispatch tables) written by the loader at every start, which
+//! makes them private dirty memory in every shim and in every setup process. Linked at a fixed
+//! address they need no relocation, stay clean pages of the file, are shared by every shim on
+//! the host and can be dropped when idle: an idle shim's anonymous memory goes from 680 to
+//! 420 KiB. The cost is the executable image's own address randomisation (libraries, heap and
+//! stacks stay randomised).
 
 fn main() {
-    println!("cargo:rustc-link-arg-bins=-Wl,-z,pack-relative-relocs");
+    println!("cargo:rustc-link-arg-bins=-no-pie");
 }
