@@ -210,32 +210,7 @@ fn vm_console_log_clean(ctx: &Ctx) {
     if !vm_only(ctx, "vm_console_log_clean") {
         return;
     }
-    let config = ctx.work.join("runtime-vm-console.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "image = {}\nconsole_log = true\n",
-            serde_json::Value::String(guest_image_dir().display().to_string())
-        ),
-    )
-    .expect("writing the runtime config");
-    let config = config.display().to_string();
-    let fifo = ctx.daemon.fifo_dir.display().to_string();
-    let out = ctx.ctr(&[
-        "run",
-        "--runtime",
-        &ctx.rt.runtime,
-        "--runtime-config-path",
-        &config,
-        "--fifo-dir",
-        &fifo,
-        "-d",
-        IMAGE,
-        "c1",
-        "sleep",
-        "100000",
-    ]);
-    ctx.check(&out, "ctr run -d with console_log = true");
+    run_sleeper_with(ctx, "c1", "console_log = true");
     ctx.wait_status("c1", "RUNNING", Duration::from_secs(20));
     // The guest works: an exec runs.
     let hi = ctx.sh_in("c1", "echo hi");
@@ -340,11 +315,23 @@ fn vm_template_fresh_clock_and_entropy(ctx: &Ctx) {
     ctx.kill_and_remove("c2");
 
     // `template = false` boots cold, template or not.
-    let config = ctx.work.join("runtime-vm-no-template.toml");
+    run_sleeper_with(ctx, "c3", "template = false");
+    ctx.wait_status("c3", "RUNNING", Duration::from_secs(30));
+    let args = procfs::cmdline(ctx.vm_pid("c3"));
+    ctx.ensure(!args.iter().any(|a| a == "-incoming"), || {
+        format!("with template = false the VM was restored anyway: {args:?}")
+    });
+    ctx.kill_and_remove("c3");
+}
+
+/// `ctr run -d` of a sleeper `id` through the VM shim with the test image and one more line
+/// of settings (`extra`), in a runtime config file of its own.
+fn run_sleeper_with(ctx: &Ctx, id: &str, extra: &str) {
+    let config = ctx.work.join(format!("runtime-vm-{id}.toml"));
     std::fs::write(
         &config,
         format!(
-            "image = {}\ntemplate = false\n",
+            "image = {}\n{extra}\n",
             serde_json::Value::String(guest_image_dir().display().to_string())
         ),
     )
@@ -361,15 +348,9 @@ fn vm_template_fresh_clock_and_entropy(ctx: &Ctx) {
         &fifo,
         "-d",
         IMAGE,
-        "c3",
+        id,
         "sleep",
         "100000",
     ]);
-    ctx.check(&out, "ctr run -d with template = false");
-    ctx.wait_status("c3", "RUNNING", Duration::from_secs(30));
-    let args = procfs::cmdline(ctx.vm_pid("c3"));
-    ctx.ensure(!args.iter().any(|a| a == "-incoming"), || {
-        format!("with template = false the VM was restored anyway: {args:?}")
-    });
-    ctx.kill_and_remove("c3");
+    ctx.check(&out, &format!("ctr run -d with {extra}"));
 }
