@@ -281,6 +281,7 @@ mod tests {
         assert_eq!(services.keys().collect::<Vec<_>>(), vec![AGENT_SERVICE]);
         let expected: BTreeSet<String> = [
             "Health",
+            "SyncGuest",
             "Shutdown",
             "CreateContainer",
             "StartContainer",
