@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use protos::agent_ttrpc::AgentClient;
 use protos::ttrpc;
 use tokio::net::UnixStream;
+use vm_channel::Prefixed;
 
 use crate::{Error, Result};
 
@@ -38,44 +39,56 @@ pub(crate) async fn connect_socket(path: &Path) -> std::io::Result<UnixStream> {
     r
 }
 
+/// Opens one of the VM's ports (the agent's, or the output port) behind QEMU's socket at
+/// `path` and runs the resynchronising handshake, retrying until `deadline`: the socket
+/// appears some milliseconds after QEMU starts, and the agent answers only once the guest is
+/// up (a greeting sent early waits in the channel). Every host-side stream to the guest is
+/// opened here, so this is where another transport (vsock) would plug in.
+pub(crate) async fn connect_port(
+    path: &Path,
+    deadline: Instant,
+    what: &str,
+) -> Result<Prefixed<UnixStream>> {
+    let mut last = String::from("never tried");
+    loop {
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(Error::Agent(format!(
+                "no {what} at {} before the deadline: {last}",
+                path.display()
+            )));
+        }
+        match connect_socket(path).await {
+            Ok(stream) => {
+                let nonce = vm_channel::fresh_nonce();
+                match tokio::time::timeout(
+                    deadline - now,
+                    vm_channel::host_handshake(stream, nonce),
+                )
+                .await
+                {
+                    Ok(Ok(stream)) => return Ok(stream),
+                    Ok(Err(e)) => last = format!("handshake: {e}"),
+                    Err(_) => last = "handshake timed out".into(),
+                }
+            }
+            Err(e) => last = format!("connecting: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 impl Agent {
     /// Connects to the agent behind QEMU's socket at `path`, retrying until `deadline`: the
     /// socket appears some milliseconds after QEMU starts, and the agent answers the handshake
     /// only once the guest booted (a greeting sent early waits in the channel).
     pub async fn connect(path: &Path, deadline: Instant) -> Result<Agent> {
-        let mut last = String::from("never tried");
-        loop {
-            let now = Instant::now();
-            if now >= deadline {
-                return Err(Error::Agent(format!(
-                    "no agent at {} before the deadline: {last}",
-                    path.display()
-                )));
-            }
-            match connect_socket(path).await {
-                Ok(stream) => {
-                    let nonce = vm_channel::fresh_nonce();
-                    match tokio::time::timeout(
-                        deadline - now,
-                        vm_channel::host_handshake(stream, nonce),
-                    )
-                    .await
-                    {
-                        Ok(Ok(stream)) => {
-                            let socket = ttrpc::asynchronous::transport::Socket::new(stream);
-                            let client = ttrpc::r#async::Client::new(socket);
-                            return Ok(Agent {
-                                client: AgentClient::new(client),
-                            });
-                        }
-                        Ok(Err(e)) => last = format!("handshake: {e}"),
-                        Err(_) => last = "handshake timed out".into(),
-                    }
-                }
-                Err(e) => last = format!("connecting: {e}"),
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        let stream = connect_port(path, deadline, "agent").await?;
+        let socket = ttrpc::asynchronous::transport::Socket::new(stream);
+        let client = ttrpc::r#async::Client::new(socket);
+        Ok(Agent {
+            client: AgentClient::new(client),
+        })
     }
 
     /// A ttrpc context with a timeout.

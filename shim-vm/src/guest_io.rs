@@ -76,7 +76,8 @@ async fn read_some(fd: &AsyncFd<OwnedFd>, buf: &mut [u8]) -> io::Result<usize> {
     }
 }
 
-async fn write_all(fd: &AsyncFd<OwnedFd>, mut data: &[u8]) -> io::Result<()> {
+/// Writes all of `data` to a non-blocking pipe, waiting whenever it is full.
+pub(crate) async fn write_all(fd: &AsyncFd<OwnedFd>, mut data: &[u8]) -> io::Result<()> {
     while !data.is_empty() {
         let mut guard = fd.writable().await?;
         match guard.try_io(|f| nix::unistd::write(f.get_ref(), data).map_err(io::Error::from)) {

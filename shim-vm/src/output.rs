@@ -22,7 +22,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use vm_channel::{FrameHeader, FRAME_HEADER_LEN};
 
-use crate::{Error, Result};
+use crate::guest_io::write_all;
+use crate::Result;
 
 /// Payloads queued per channel before the port reader waits for that channel's pipe.
 const QUEUE_FRAMES: usize = 4;
@@ -71,33 +72,8 @@ impl OutputLink {
     /// Connects to the port behind QEMU's socket at `path` and runs the handshake (the port may
     /// hold bytes of an earlier host), retrying until `deadline`.
     pub async fn connect(path: &Path, deadline: Instant) -> Result<Arc<OutputLink>> {
-        let mut last = String::from("never tried");
-        loop {
-            let now = Instant::now();
-            if now >= deadline {
-                return Err(Error::Agent(format!(
-                    "no output port at {}: {last}",
-                    path.display()
-                )));
-            }
-            match crate::agent::connect_socket(path).await {
-                Ok(stream) => {
-                    let nonce = vm_channel::fresh_nonce();
-                    match tokio::time::timeout(
-                        deadline - now,
-                        vm_channel::host_handshake(stream, nonce),
-                    )
-                    .await
-                    {
-                        Ok(Ok(stream)) => return Ok(OutputLink::start(stream)),
-                        Ok(Err(e)) => last = format!("handshake: {e}"),
-                        Err(_) => last = "handshake timed out".into(),
-                    }
-                }
-                Err(e) => last = format!("connecting: {e}"),
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
+        let stream = crate::agent::connect_port(path, deadline, "output port").await?;
+        Ok(OutputLink::start(stream))
     }
 
     /// Serves frames read from `stream` (aligned on a frame boundary).
@@ -183,18 +159,6 @@ async fn write_channel(channel: u32, mut rx: mpsc::Receiver<Vec<u8>>, pipe: Arc<
             broken = true;
         }
     }
-}
-
-async fn write_all(fd: &AsyncFd<OwnedFd>, mut data: &[u8]) -> io::Result<()> {
-    while !data.is_empty() {
-        let mut guard = fd.writable().await?;
-        match guard.try_io(|f| nix::unistd::write(f.get_ref(), data).map_err(io::Error::from)) {
-            Ok(Ok(n)) => data = &data[n..],
-            Ok(Err(e)) => return Err(e),
-            Err(_would_block) => continue,
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

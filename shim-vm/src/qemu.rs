@@ -19,6 +19,16 @@ pub const AGENT_SOCKET: &str = "agent.sock";
 pub const OUTPUT_SOCKET: &str = "output.sock";
 pub const QMP_SOCKET: &str = "qmp.sock";
 pub const PID_FILE: &str = "qemu.pid";
+/// Every file QEMU may leave in its run directory (sockets, pid file, its own output, the
+/// guest console), for whoever cleans the directory up.
+pub const RUN_FILES: &[&str] = &[
+    AGENT_SOCKET,
+    OUTPUT_SOCKET,
+    QMP_SOCKET,
+    PID_FILE,
+    "qemu.log",
+    "console.log",
+];
 
 /// The CPU model under TCG: everything TCG emulates, except the fast-string flags.
 ///

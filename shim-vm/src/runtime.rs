@@ -184,14 +184,7 @@ fn remove_share_dir(dir: &Path) {
 
 /// QEMU's files in the run directory, and the directory itself.
 fn remove_run_dir(run_dir: &Path) {
-    for f in [
-        qemu::AGENT_SOCKET,
-        qemu::OUTPUT_SOCKET,
-        qemu::QMP_SOCKET,
-        qemu::PID_FILE,
-        "qemu.log",
-        "console.log",
-    ] {
+    for f in qemu::RUN_FILES {
         let _ = std::fs::remove_file(run_dir.join(f));
     }
     let _ = std::fs::remove_dir(run_dir.join(SHARE_DIR));

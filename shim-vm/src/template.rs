@@ -475,13 +475,7 @@ fn build_with(
     let state_tmp = staging.join("state.tmp");
     fs::rename(&state_tmp, staging.join(STATE))
         .map_err(|e| Error::io(format!("renaming {}", state_tmp.display()), e))?;
-    for f in [
-        qemu::AGENT_SOCKET,
-        qemu::OUTPUT_SOCKET,
-        qemu::QMP_SOCKET,
-        qemu::PID_FILE,
-        "qemu.log",
-    ] {
+    for f in qemu::RUN_FILES {
         let _ = fs::remove_file(staging.join(f));
     }
     let _ = fs::remove_dir(&share);
